@@ -1,0 +1,1 @@
+"""The ``fedbcs`` command line (installed as the ``fedbcs_cli`` package)."""

@@ -1,0 +1,1 @@
+"""Configuration presets, installed as ``fedbcs_lightning.presets``."""

@@ -1,0 +1,19 @@
+"""fedbcs-lightning: federated medical image segmentation with FedBCS and its baselines.
+
+Importing the package is cheap; torch and Lightning load when a submodule needs them.
+
+Example
+-------
+>>> import fedbcs_lightning as fb
+>>> fb.DATASETS.names()[:1]
+['synthetic']
+"""
+
+from __future__ import annotations
+
+from fedbcs_lightning.catalog import BACKBONES, DATASETS, METHODS
+from fedbcs_lightning.config import Config, ConfigError, resolve
+
+__version__ = "0.1.0"
+
+__all__ = ["BACKBONES", "DATASETS", "METHODS", "Config", "ConfigError", "__version__", "resolve"]

@@ -1,0 +1,6 @@
+"""Callbacks for the federated loop."""
+
+from fedbcs_lightning.callbacks.base import FederatedCallback
+from fedbcs_lightning.callbacks.builtin import CheckpointWriter, MetricsWriter, RoundProgress
+
+__all__ = ["CheckpointWriter", "FederatedCallback", "MetricsWriter", "RoundProgress"]

@@ -1,0 +1,37 @@
+"""Federated callbacks: side concerns (logging, checkpoints, progress) hook into the loop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FederatedCallback:
+    """Every hook is a no-op; override the ones you need.
+
+    Example
+    -------
+    >>> class PrintRounds(FederatedCallback):
+    ...     def on_round_end(self, trainer, server_round, record):
+    ...         print(server_round, record["val"]["mean"]["dice"])
+    """
+
+    def on_fit_start(self, trainer: Any) -> None:
+        """Before the first round."""
+
+    def on_round_start(self, trainer: Any, server_round: int) -> None:
+        """At the start of a round (1-based)."""
+
+    def on_client_fit_start(self, trainer: Any, server_round: int, client: str) -> None:
+        """Before one client's local training."""
+
+    def on_client_fit_end(self, trainer: Any, server_round: int, update: Any) -> None:
+        """After one client's local training, with its :class:`ClientUpdate`."""
+
+    def on_aggregate_end(self, trainer: Any, server_round: int, metrics: dict[str, Any]) -> None:
+        """After the strategy aggregated the round's updates."""
+
+    def on_round_end(self, trainer: Any, server_round: int, record: dict[str, Any]) -> None:
+        """After validation; ``record`` holds the round's losses and per-site metrics."""
+
+    def on_fit_end(self, trainer: Any, result: Any) -> None:
+        """After the final test evaluation, with the :class:`FitResult`."""

@@ -1,0 +1,145 @@
+"""Built-in callbacks: metrics file, checkpoints, progress display."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fedbcs_lightning.callbacks.base import FederatedCallback
+from fedbcs_lightning.io import atomic_torch_save, atomic_write_json
+
+
+class MetricsWriter(FederatedCallback):
+    """Appends one JSON line per (round, site) to ``metrics.jsonl``; writes ``summary.json``.
+
+    Each line: ``{"round", "split", "site", "dice", "dice/<region>", ...}``; the site
+    ``"mean"`` holds the mean over sites, and training losses are on the
+    ``"split": "train"`` lines.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.summary_path = Path(run_dir) / "summary.json"
+
+    def on_fit_start(self, trainer: Any) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("")
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        with self.path.open("a") as handle:
+            for row in rows:
+                handle.write(json.dumps(row) + "\n")
+
+    def on_round_end(self, trainer: Any, server_round: int, record: dict[str, Any]) -> None:
+        rows = [
+            {"round": server_round, "split": "train", "site": site, **metrics}
+            for site, metrics in record["train"].items()
+        ]
+        sites = {**record["val"]["sites"], "mean": record["val"]["mean"]}
+        rows += [
+            {"round": server_round, "split": "val", "site": site, **metrics}
+            for site, metrics in sites.items()
+        ]
+        if record["aggregate"]:
+            rows.append({"round": server_round, "split": "server", **record["aggregate"]})
+        self._write(rows)
+
+    def on_fit_end(self, trainer: Any, result: Any) -> None:
+        from fedbcs_lightning.metrics import mean_over_sites
+
+        summary = {"best_round": result.best_round, "rounds": trainer.rounds}
+        for key, per_site in (
+            ("test_selected", result.test_selected),
+            ("test_last", result.test_last),
+        ):
+            summary[key] = {"sites": per_site, "mean": mean_over_sites(per_site)}
+        atomic_write_json(self.summary_path, summary)
+
+
+class CheckpointWriter(FederatedCallback):
+    """Saves the global weights at the end: ``checkpoints/last.pt`` and ``selected.pt``
+    (the round chosen on validation). Writes are atomic."""
+
+    def __init__(
+        self, run_dir: str | Path, config: dict[str, Any], data_info: dict[str, Any]
+    ) -> None:
+        self.dir = Path(run_dir) / "checkpoints"
+        self.config = config
+        self.data_info = data_info
+
+    def _save(self, name: str, weights: Any, server_round: int) -> None:
+        from fedbcs_lightning import __version__
+
+        atomic_torch_save(
+            self.dir / name,
+            {
+                "state_dict": weights,
+                "round": server_round,
+                "config": self.config,
+                "data": self.data_info,
+                "version": __version__,
+            },
+        )
+
+    def on_fit_end(self, trainer: Any, result: Any) -> None:
+        self._save("last.pt", result.last_weights, trainer.rounds)
+        self._save("selected.pt", result.selected_weights, result.best_round)
+
+
+class RoundProgress(FederatedCallback):
+    """One line per round with the mean validation Dice and an ETA; on a terminal, a
+    live rich progress bar over rounds and clients instead of Lightning's bars."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stdout
+        self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._progress = None
+
+    def on_fit_start(self, trainer: Any) -> None:
+        self.start = time.perf_counter()
+        if self.live:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeRemainingColumn(),
+                console=Console(file=self.stream),
+                transient=True,
+            )
+            self._progress.start()
+            self._rounds = self._progress.add_task("rounds", total=trainer.rounds)
+            self._clients = self._progress.add_task("clients", total=len(trainer.clients))
+
+    def on_round_start(self, trainer: Any, server_round: int) -> None:
+        if self._progress:
+            self._progress.reset(self._clients, total=len(trainer.clients))
+
+    def on_client_fit_end(self, trainer: Any, server_round: int, update: Any) -> None:
+        if self._progress:
+            self._progress.advance(self._clients)
+
+    def on_round_end(self, trainer: Any, server_round: int, record: dict[str, Any]) -> None:
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / server_round * (trainer.rounds - server_round)
+        losses = [m.get("loss/total", float("nan")) for m in record["train"].values()]
+        line = (
+            f"round {server_round}/{trainer.rounds}  "
+            f"train loss {sum(losses) / len(losses):.4f}  "
+            f"val dice {record['val']['mean']['dice']:.4f}  "
+            f"elapsed {elapsed:.0f}s  eta {eta:.0f}s"
+        )
+        if self._progress:
+            self._progress.advance(self._rounds)
+            self._progress.console.print(line)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def on_fit_end(self, trainer: Any, result: Any) -> None:
+        if self._progress:
+            self._progress.stop()

@@ -1,0 +1,45 @@
+"""The built-in registries. Importing this module is cheap: entries load on first use.
+
+Register your own entries from your code::
+
+    from fedbcs_lightning.catalog import BACKBONES
+
+    @BACKBONES.register("my-net", description="my backbone")
+    class MyNet(SegmentationBackbone): ...
+"""
+
+from __future__ import annotations
+
+from fedbcs_lightning.registry import Registry
+
+BACKBONES = Registry("backbone")
+DATASETS = Registry("data set")
+METHODS = Registry("method")
+
+BACKBONES.register_lazy(
+    "unet",
+    "fedbcs_lightning.models.unet:UNet",
+    "reference U-Net of FedBCS (4 levels; width and norm configurable)",
+)
+BACKBONES.register_lazy(
+    "smp-unet",
+    "fedbcs_lightning.models.smp_unet:SmpUNet",
+    "segmentation-models-pytorch U-Net with any ResNet-style encoder (no pretrained weights)",
+)
+
+DATASETS.register_lazy(
+    "synthetic",
+    "fedbcs_lightning.data.synthetic:synthetic_fundus",
+    "built-in fundus-like sites (optic disc and cup), one acquisition style per site",
+)
+DATASETS.register_lazy(
+    "synthetic-prostate",
+    "fedbcs_lightning.data.synthetic:synthetic_prostate",
+    "built-in grey single-organ (prostate-like) sites, one acquisition style per site",
+)
+
+METHODS.register_lazy(
+    "fedavg",
+    "fedbcs_lightning.strategies.fedavg:FedAvg",
+    "FedAvg: average all weights, weighted by client training-set size",
+)

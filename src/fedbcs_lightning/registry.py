@@ -1,0 +1,102 @@
+"""Name -> factory registries with helpful errors.
+
+Built-in entries are registered lazily as ``"module:attribute"`` strings so that listing
+names (``fedbcs datasets``, ``fedbcs --help``) never imports torch. User code registers
+objects directly with the decorator form.
+
+Example
+-------
+>>> from fedbcs_lightning.registry import Registry
+>>> colours = Registry("colour")
+>>> @colours.register("red", description="a warm colour")
+... def make_red():
+...     return (255, 0, 0)
+>>> colours.get("red")()
+(255, 0, 0)
+>>> colours.names()
+['red']
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+class RegistryError(KeyError):
+    """An unknown name was looked up; the message lists the valid names."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass
+class _Entry:
+    target: Any  # the object itself, or "module:attribute" for a lazy entry
+    description: str
+
+    def resolve(self) -> Any:
+        if isinstance(self.target, str):
+            module_name, _, attribute = self.target.partition(":")
+            self.target = getattr(importlib.import_module(module_name), attribute)
+        return self.target
+
+
+class Registry:
+    """A named collection of factories (backbones, data sets, methods, ...)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, _Entry] = {}
+
+    def register(
+        self, name: str, target: Any = None, *, description: str = "", override: bool = False
+    ) -> Callable[[Any], Any] | Any:
+        """Register ``target`` under ``name``; without ``target``, act as a decorator."""
+
+        def add(obj: Any) -> Any:
+            if name in self._entries and not override:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            doc = description or _first_line(getattr(obj, "__doc__", None))
+            self._entries[name] = _Entry(obj, doc)
+            return obj
+
+        return add if target is None else add(target)
+
+    def register_lazy(self, name: str, target: str, description: str) -> None:
+        """Register ``"module:attribute"``, imported on first :meth:`get`."""
+        self._entries[name] = _Entry(target, description)
+
+    def get(self, name: str) -> Any:
+        self.check(name)
+        return self._entries[name].resolve()
+
+    def check(self, name: str) -> None:
+        """Raise :class:`RegistryError` naming the valid choices if ``name`` is unknown."""
+        if name not in self._entries:
+            close = difflib.get_close_matches(name, self._entries, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise RegistryError(
+                f"unknown {self.kind} {name!r}; valid {self.kind}s: "
+                f"{', '.join(sorted(self._entries))}.{hint}"
+            )
+
+    def describe(self, name: str) -> str:
+        self.check(name)
+        return self._entries[name].description
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {self.names()})"
+
+
+def _first_line(doc: str | None) -> str:
+    return doc.strip().splitlines()[0] if doc and doc.strip() else ""

@@ -288,7 +288,7 @@ def validate(config: Config) -> None:
     if config.data.image_size % 16:
         raise ConfigError(
             f"data.image_size: must be a multiple of 16 (the U-Net halves it 4 times), "
-            f"got {config.data.image_size}; try {max(16, round(config.data.image_size / 16) * 16)}"
+            f"got {config.data.image_size}; try {-(-config.data.image_size // 16) * 16}"
         )
     if config.train.weight_decay < 0 or config.data.synthetic.style_strength < 0:
         raise ConfigError("train.weight_decay and data.synthetic.style_strength must be >= 0")

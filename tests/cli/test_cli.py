@@ -1,0 +1,79 @@
+import json
+import subprocess
+import sys
+
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from fedbcs_cli.main import app
+
+runner = CliRunner()
+TINY = ["--set", "data.synthetic.images_per_site=10", "--set", "model.width=4"]
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys; from typer.testing import CliRunner; from fedbcs_cli.main import app; "
+        "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
+        "assert 'fit' in r.output; "
+        "heavy = [m for m in ('torch', 'lightning', 'albumentations', 'wandb') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unknown_dataset_lists_valid_ones_without_traceback():
+    result = runner.invoke(app, ["fit", "--dataset", "nope"])
+    assert result.exit_code != 0
+    assert "unknown data set 'nope'" in result.output and "synthetic" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_listings():
+    assert "synthetic" in runner.invoke(app, ["datasets"]).output
+    assert "fedavg" in runner.invoke(app, ["methods"]).output
+    assert "smp-unet" in runner.invoke(app, ["backbones"]).output
+    shown = yaml.safe_load(runner.invoke(app, ["config", "--config", "quick"]).output)
+    assert shown["data"]["image_size"] == 32
+
+
+def test_fit_writes_the_run_directory(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["fit", "--dataset", "synthetic", "--method", "fedavg",
+                                 "--rounds", "3", "--clients", "2", "--image-size", "32",
+                                 "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "site1" in result.output and "site2" in result.output and "dice disc" in result.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["train"]["rounds"] == 3 and saved["data"]["image_size"] == 32
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if r["split"] == "val"]
+    assert {r["round"] for r in val} == {1, 2, 3}
+    assert {r["site"] for r in val} == {"site1", "site2", "mean"}
+    assert all(0.0 <= r["dice/cup"] <= 1.0 for r in val)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["test_last"]["sites"]) == {"site1", "site2"}
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["round"] == 3 and "head.weight" in ckpt["state_dict"]
+    splits = json.loads((out / "splits.json").read_text())
+    assert set(splits) == {"site1", "site2"}
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_same_seed_same_metrics_other_seed_differs(tmp_path):
+    args = ["fit", "--rounds", "2", "--clients", "2", "--image-size", "32", *TINY]
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        result = runner.invoke(app, [*args, "--seed", str(seed), "--output", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+    assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
+    assert _metrics(tmp_path / "a") != _metrics(tmp_path / "c")
+
+
+def test_bad_override_is_a_clean_error():
+    result = runner.invoke(app, ["fit", "--set", "train.lr=fast"])
+    assert result.exit_code == 2
+    assert "train.lr: expected a number" in result.output and "Traceback" not in result.output

@@ -1,0 +1,66 @@
+import pytest
+import yaml
+
+from fedbcs_lightning.config import Config, ConfigError, from_dict, merge, parse_override, resolve
+
+
+def test_defaults_validate():
+    cfg = resolve()
+    assert cfg.data.name == "synthetic" and cfg.train.method == "fedavg"
+    assert cfg.model.encoder_weights is None
+
+
+def test_precedence_preset_then_overrides_then_options(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("train:\n  rounds: 7\n  lr: 0.5\ndata:\n  image_size: 48\n")
+    cfg = resolve(preset, overrides=["train.lr=0.25"], options={"data": {"image_size": 32}})
+    assert (cfg.train.rounds, cfg.train.lr, cfg.data.image_size) == (7, 0.25, 32)
+
+
+def test_builtin_preset_by_name():
+    assert resolve("quick").data.image_size == 32
+
+
+@pytest.mark.parametrize(
+    "updates, message",
+    [
+        ({"train": {"roundz": 3}}, "unknown config key 'train.roundz'.*Did you mean 'train.rounds'"),
+        ({"train": {"rounds": "many"}}, "train.rounds: expected an integer"),
+        ({"train": {"rounds": 0}}, "train.rounds: must be positive"),
+        ({"train": {"optimizer": "rmsprop"}}, "train.optimizer: 'rmsprop' is not one of"),
+        ({"data": {"name": "nope"}}, "data.name: unknown data set 'nope'; valid data sets: synthetic"),
+        ({"train": {"method": "fedmagic"}}, "train.method: unknown method"),
+        ({"data": {"image_size": 40}}, "multiple of 16.*try 48"),
+        ({"data": {"val_fraction": 0.7}}, "data.val_fraction: must lie in"),
+        ({"data": {"augment": "maybe"}}, "data.augment: expected true or false"),
+        ({"nope": {}}, "unknown config key 'nope'"),
+    ],
+)
+def test_bad_values_name_the_key(updates, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve(options=updates)
+
+
+def test_override_parsing_types_values():
+    assert parse_override("data.synthetic.sites=3") == {"data": {"synthetic": {"sites": 3}}}
+    cfg = resolve(overrides=["model.encoder_weights=null", "data.augment=false"])
+    assert cfg.model.encoder_weights is None and cfg.data.augment is False
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("rounds")
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        resolve(bad)
+    with pytest.raises(ConfigError, match="neither a file nor a preset; presets: .*quick"):
+        resolve("no-such-preset")
+
+
+def test_round_trip_through_yaml():
+    cfg = merge(Config(), {"train": {"rounds": 4, "clients": 2}})
+    again = from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
+    assert again == cfg

@@ -62,7 +62,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     method: str = "fedavg"
-    rounds: int = 10
+    rounds: int = 30
     local_epochs: int = 1
     clients: int | None = None  # use the first N sites; None = all
     batch_size: int = 8

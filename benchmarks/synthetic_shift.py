@@ -25,12 +25,14 @@ from fedbcs_lightning.strategies.fedavg import FedAvg
 
 
 def cross_site_matrix(image_size: int, epochs: int, seed: int, strength: float, width: int):
-    cfg = resolve(options={
-        "data": {"image_size": image_size, "synthetic": {"style_strength": strength}},
-        "model": {"width": width},
-        "train": {"local_epochs": epochs},
-        "run": {"seed": seed},
-    })
+    cfg = resolve(
+        options={
+            "data": {"image_size": image_size, "synthetic": {"style_strength": strength}},
+            "model": {"width": width},
+            "train": {"local_epochs": epochs},
+            "run": {"seed": seed},
+        }
+    )
     data = load_dataset(cfg)
     splits = make_splits(data, cfg.data.val_fraction, cfg.data.test_fraction, seed)
     clients = build_clients(cfg, data, splits, FedAvg())
@@ -39,8 +41,9 @@ def cross_site_matrix(image_size: int, epochs: int, seed: int, strength: float, 
     for client in clients:
         client.fit(Instruction(start))
         model = client.module.backbone
-        matrix.append([evaluate(model, other.loaders["test"], data.regions)["dice"]
-                       for other in clients])
+        matrix.append(
+            [evaluate(model, other.loaders["test"], data.regions)["dice"] for other in clients]
+        )
     return [s.name for s in data.sites], matrix
 
 
@@ -62,20 +65,25 @@ def main() -> None:
         k = len(names)
         cells = [[[m[i][j] for _, m in per_seed] for j in range(k)] for i in range(k)]
         diag = [statistics.mean(m[i][i] for i in range(k)) for _, m in per_seed]
-        off = [statistics.mean(m[i][j] for i in range(k) for j in range(k) if i != j)
-               for _, m in per_seed]
+        off = [
+            statistics.mean(m[i][j] for i in range(k) for j in range(k) if i != j)
+            for _, m in per_seed
+        ]
         result["runs"][str(strength)] = {
-            "sites": names, "matrices": [m for _, m in per_seed],
-            "in_site": diag, "cross_site": off,
+            "sites": names,
+            "matrices": [m for _, m in per_seed],
+            "in_site": diag,
+            "cross_site": off,
         }
-        rows = [[f"trained on {names[i]}"] + [mean_std(cells[i][j]) for j in range(k)]
-                for i in range(k)]
+        rows = [
+            [f"trained on {names[i]}"] + [mean_std(cells[i][j]) for j in range(k)] for i in range(k)
+        ]
         tables.append(
             f"style strength {strength}: mean test Dice (rows: training site, columns: test "
             f"site; seeds {seeds}, {size}x{size}, {epochs} epochs)\n"
             + markdown_table(["", *names], rows)
             + f"\n\nin-site {mean_std(diag)}, cross-site {mean_std(off)}, "
-            f"cost of the shift {mean_std([d - o for d, o in zip(diag, off)])}"
+            f"cost of the shift {mean_std([d - o for d, o in zip(diag, off, strict=True)])}"
         )
     result["seconds"] = round(time.perf_counter() - started, 1)
     tables.append(f"total time {result['seconds']} s")

@@ -21,8 +21,10 @@ def shared_datasets() -> Path:
 def tiny_config():
     from fedbcs_lightning.config import resolve
 
-    return resolve(options={
-        "data": {"image_size": 32, "synthetic": {"sites": 2, "images_per_site": 10}},
-        "model": {"width": 4},
-        "train": {"rounds": 2, "batch_size": 4},
-    })
+    return resolve(
+        options={
+            "data": {"image_size": 32, "synthetic": {"sites": 2, "images_per_site": 10}},
+            "model": {"width": 4},
+            "train": {"rounds": 2, "batch_size": 4},
+        }
+    )

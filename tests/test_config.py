@@ -24,11 +24,17 @@ def test_builtin_preset_by_name():
 @pytest.mark.parametrize(
     "updates, message",
     [
-        ({"train": {"roundz": 3}}, "unknown config key 'train.roundz'.*Did you mean 'train.rounds'"),
+        (
+            {"train": {"roundz": 3}},
+            "unknown config key 'train.roundz'.*Did you mean 'train.rounds'",
+        ),
         ({"train": {"rounds": "many"}}, "train.rounds: expected an integer"),
         ({"train": {"rounds": 0}}, "train.rounds: must be positive"),
         ({"train": {"optimizer": "rmsprop"}}, "train.optimizer: 'rmsprop' is not one of"),
-        ({"data": {"name": "nope"}}, "data.name: unknown data set 'nope'; valid data sets: synthetic"),
+        (
+            {"data": {"name": "nope"}},
+            "data.name: unknown data set 'nope'; valid data sets: synthetic",
+        ),
         ({"train": {"method": "fedmagic"}}, "train.method: unknown method"),
         ({"data": {"image_size": 40}}, "multiple of 16.*try 48"),
         ({"data": {"val_fraction": 0.7}}, "data.val_fraction: must lie in"),

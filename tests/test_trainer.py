@@ -45,8 +45,15 @@ def test_loop_calls_hooks_in_order_and_selects_on_validation(tiny_config):
     recorder = Recorder()
     trainer = FederatedTrainer(clients, FedAvg(), rounds=2, callbacks=[recorder])
     result = trainer.fit(clients[0].get_weights())
-    per_round = ["round_start{r}", "client_start{r}:site1", "client_end{r}:site1",
-                 "client_start{r}:site2", "client_end{r}:site2", "aggregate{r}", "round_end{r}"]
+    per_round = [
+        "round_start{r}",
+        "client_start{r}:site1",
+        "client_end{r}:site1",
+        "client_start{r}:site2",
+        "client_end{r}:site2",
+        "aggregate{r}",
+        "round_end{r}",
+    ]
     expected = ["fit_start"] + [e.format(r=r) for r in (1, 2) for e in per_round] + ["fit_end"]
     assert recorder.events == expected
     val = [h["val"]["mean"]["dice"] for h in result.history]

@@ -4,7 +4,9 @@ import pytest
 from fedbcs_lightning.data.synthetic import SiteStyle, render_sites
 
 
-@pytest.mark.parametrize("variant, channels, classes", [("fundus", 3, {0, 1, 2}), ("prostate", 1, {0, 1})])
+@pytest.mark.parametrize(
+    "variant, channels, classes", [("fundus", 3, {0, 1, 2}), ("prostate", 1, {0, 1})]
+)
 def test_shapes_labels_and_class_presence(variant, channels, classes):
     data = render_sites(variant, num_sites=3, images_per_site=4, size=32, seed=1)
     assert len(data.sites) == 3 and data.in_channels == channels
@@ -17,7 +19,7 @@ def test_deterministic_given_seed_and_different_across_seeds():
     a = render_sites("fundus", 2, 3, 32, seed=5)
     b = render_sites("fundus", 2, 3, 32, seed=5)
     c = render_sites("fundus", 2, 3, 32, seed=6)
-    for sa, sb, sc in zip(a.sites, b.sites, c.sites):
+    for sa, sb, sc in zip(a.sites, b.sites, c.sites, strict=True):
         assert np.array_equal(sa.images, sb.images) and np.array_equal(sa.masks, sb.masks)
         assert not np.array_equal(sa.images, sc.images)
 

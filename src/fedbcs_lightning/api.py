@@ -57,10 +57,10 @@ def build_clients(
 ) -> list[FederatedClient]:
     """One client per site, all starting from the same initial weights."""
     L.seed_everything(config.run.seed, verbose=False)
-    template = build_backbone(config, data)
+    template = strategy.configure_backbone(build_backbone(config, data))
     clients = []
     for k, site in enumerate(data.sites):
-        backbone = build_backbone(config, data)
+        backbone = strategy.configure_backbone(build_backbone(config, data))
         backbone.load_state_dict(template.state_dict())
         module = SegmentationClientModule(
             backbone,
@@ -79,6 +79,7 @@ def build_clients(
                 config.train.batch_size,
                 train=True,
                 seed=seed,
+                shuffle=config.train.shuffle,
             ),
             "val": make_loader(
                 SegmentationDataset(site, idx["val"]),

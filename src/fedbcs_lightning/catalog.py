@@ -43,3 +43,8 @@ METHODS.register_lazy(
     "fedbcs_lightning.strategies.fedavg:FedAvg",
     "FedAvg: average all weights, weighted by client training-set size",
 )
+METHODS.register_lazy(
+    "fedbcs",
+    "fedbcs_lightning.strategies.fedbcs:FedBCS",
+    "FedBCS: FedAvg + frequency-domain style recalibration + dual-level prototype alignment",
+)

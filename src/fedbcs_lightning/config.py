@@ -70,6 +70,25 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     momentum: float = 0.0
+    shuffle: bool = True  # shuffle training batches (the reference does not)
+
+
+@dataclass
+class FedBCSConfig:
+    """Options of method ``fedbcs``; the ablations are switches here."""
+
+    fsr: bool = True  # frequency-domain style recalibration in the encoder
+    fsr_levels: list[int] = field(default_factory=lambda: [2, 3, 4])  # 1-based encoder levels
+    fsr_mode: str = "closed"  # closed (exact fast path) | fft | band
+    fsr_bands: int = 4  # radial bands, for fsr_mode band
+    cdpa: bool = True  # context-aware dual-level prototype alignment
+    prototype_levels: list[str] = field(default_factory=lambda: ["encoder", "decoder"])
+    prototype_dim: int = 256  # channels of each fused level
+    prototype_mean: str = "batch"  # batch (mean of batch means, the reference) | pixel
+    clustering: str = "finch"  # finch | mean (server-side prototype aggregation)
+    tau: float = 0.1  # temperature of the contrastive term
+    weight: float = 1.0  # lambda, weight of the alignment loss
+    alignment: str = "stable"  # stable (log-sum-exp) | paper (the reference's clamps)
 
 
 @dataclass
@@ -85,6 +104,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    fedbcs: FedBCSConfig = field(default_factory=FedBCSConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -290,6 +310,20 @@ def validate(config: Config) -> None:
             f"data.image_size: must be a multiple of 16 (the U-Net halves it 4 times), "
             f"got {config.data.image_size}; try {-(-config.data.image_size // 16) * 16}"
         )
+    fb = config.fedbcs
+    _choice(fb.fsr_mode, ("closed", "fft", "band"), "fedbcs.fsr_mode")
+    _choice(fb.prototype_mean, ("batch", "pixel"), "fedbcs.prototype_mean")
+    _choice(fb.clustering, ("finch", "mean"), "fedbcs.clustering")
+    _choice(fb.alignment, ("stable", "paper"), "fedbcs.alignment")
+    for level in fb.prototype_levels:
+        _choice(level, ("encoder", "decoder"), "fedbcs.prototype_levels")
+    if fb.cdpa and not fb.prototype_levels:
+        raise ConfigError("fedbcs.prototype_levels: name encoder and/or decoder (or cdpa: false)")
+    if any(level < 1 for level in fb.fsr_levels):
+        raise ConfigError(f"fedbcs.fsr_levels: levels count from 1, got {fb.fsr_levels}")
+    _positive(config, "fedbcs.tau", "fedbcs.prototype_dim", "fedbcs.fsr_bands")
+    if fb.weight < 0:
+        raise ConfigError(f"fedbcs.weight: must be >= 0, got {fb.weight}")
     if config.train.weight_decay < 0 or config.data.synthetic.style_strength < 0:
         raise ConfigError("train.weight_decay and data.synthetic.style_strength must be >= 0")
 

@@ -79,7 +79,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     if device is None:
-        device = next(model.parameters()).device
+        device = next(model.parameters(), torch.empty(0)).device
     dice: dict[str, list[float]] = {name: [] for name in regions}
     hd95: dict[str, list[float]] = {name: [] for name in regions}
     try:

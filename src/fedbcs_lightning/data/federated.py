@@ -143,8 +143,11 @@ class SegmentationDataset:
         return image, torch.from_numpy(np.ascontiguousarray(mask)).long()
 
 
-def make_loader(dataset: SegmentationDataset, batch_size: int, train: bool, seed: int):
-    """Training loaders shuffle (seeded) and drop a last batch of one (BatchNorm needs 2)."""
+def make_loader(
+    dataset: SegmentationDataset, batch_size: int, train: bool, seed: int, shuffle: bool = True
+):
+    """Training loaders shuffle (seeded) unless told not to, and drop a last batch of one
+    (BatchNorm needs two samples)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -153,7 +156,7 @@ def make_loader(dataset: SegmentationDataset, batch_size: int, train: bool, seed
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train,
+        shuffle=train and shuffle,
         generator=generator,
         drop_last=drop_last,
         num_workers=0,

@@ -90,6 +90,10 @@ class Strategy:
 
     name = "base"
 
+    def configure_backbone(self, backbone: Any) -> Any:
+        """Add the method's layers to a freshly built backbone (e.g. FSR, fusion heads)."""
+        return backbone
+
     def client_hooks(self) -> list[ClientHook]:
         """Client-side hooks this method needs (fresh objects per client)."""
         return []

@@ -70,3 +70,24 @@ def test_round_trip_through_yaml():
     cfg = merge(Config(), {"train": {"rounds": 4, "clients": 2}})
     again = from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
     assert again == cfg
+
+
+def test_paper_presets_keep_the_reference_behaviour():
+    nuclei, prostate = resolve("paper-nuclei"), resolve("paper-prostate")
+    assert (nuclei.train.optimizer, nuclei.train.lr, nuclei.fedbcs.tau) == ("sgd", 0.01, 0.005)
+    assert (prostate.train.optimizer, prostate.train.lr, prostate.fedbcs.tau) == ("adam", 1e-4, 0.4)
+    for cfg in (nuclei, prostate):
+        assert cfg.train.batch_size == 6 and cfg.train.rounds == 400 and cfg.train.local_epochs == 1
+        assert cfg.model.norm == "batch_stateless" and cfg.fedbcs.alignment == "paper"
+        assert cfg.train.shuffle is False
+    default = resolve("fedbcs")
+    assert default.fedbcs.alignment == "stable" and default.train.shuffle is True
+
+
+def test_fedbcs_section_is_validated():
+    with pytest.raises(ConfigError, match="fedbcs.fsr_mode: 'wavelet' is not one of"):
+        resolve(options={"fedbcs": {"fsr_mode": "wavelet"}})
+    with pytest.raises(ConfigError, match="fedbcs.prototype_levels: 'middle' is not one of"):
+        resolve(overrides=["fedbcs.prototype_levels=[encoder, middle]"])
+    cfg = resolve(overrides=["fedbcs.fsr_levels=[3,4]"])
+    assert cfg.fedbcs.fsr_levels == [3, 4]

@@ -1,7 +1,8 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
-from fedbcs_lightning.context import ContextFusion, Descriptor, DualLevelDescriptors, resize_labels
+from fedbcs_lightning.context import ContextFusion, DualLevelDescriptors, resize_labels
 from fedbcs_lightning.models.unet import UNet
 
 
@@ -22,18 +23,24 @@ def test_low_resolution_context_equals_naive_concat_conv_resize():
     levels = [torch.randn(2, 3, 32, 24), torch.randn(2, 5, 16, 12), torch.randn(2, 7, 8, 6)]
     context = torch.randn(2, 11, 4, 3)
     for size in [(32, 24), (8, 6)]:  # encoder-like (finest) and decoder-like targets
-        fast = Descriptor(fusion(levels, context), size).dense()
-        assert torch.allclose(fast, _naive(fusion, levels, context, size), atol=1e-5)
+        naive = _naive(fusion, levels, context, size)
+        fast = fusion.describe(levels, context, size).dense()
+        assert torch.allclose(fast, naive, atol=1e-5)
+        maps = torch.cat([F.interpolate(m, size=size) for m in fusion(levels, context)], 1)
+        assert torch.allclose(maps, naive, atol=1e-5)
 
 
-def test_gather_and_class_sums_match_the_dense_map():
+@pytest.mark.parametrize("size", [(16, 16), (4, 4)])
+def test_gather_and_class_sums_match_the_dense_map(size):
     torch.manual_seed(1)
-    maps = [torch.randn(2, 4, 16, 16), torch.randn(2, 4, 8, 8), torch.randn(2, 4, 4, 4)]
-    d = Descriptor(maps, (16, 16))
+    fusion = ContextFusion([3, 5, 7], context_channels=6, dim=4)
+    levels = [torch.randn(2, 3, 16, 16), torch.randn(2, 5, 8, 8), torch.randn(2, 7, 4, 4)]
+    d = fusion.describe(levels, torch.randn(2, 6, 2, 2), size)
     dense = d.dense()
-    labels = torch.randint(0, 3, (2, 16, 16))
+    assert dense.shape == (2, 12, *size)
+    labels = torch.randint(0, 3, (2, *size))
     b, y, x = torch.nonzero(labels != 0, as_tuple=True)
-    assert torch.allclose(d.at(b, y, x), dense[b, :, y, x])
+    assert torch.allclose(d.at(b, y, x), dense[b, :, y, x], atol=1e-5)
     sums, counts = d.class_sums(labels, 3)
     for c in range(3):
         sel = labels == c

@@ -38,6 +38,27 @@ DATASETS.register_lazy(
     "built-in grey single-organ (prostate-like) sites, one acquisition style per site",
 )
 
+DATASETS.register_lazy(
+    "fundus",
+    "fedbcs_lightning.data.real:fundus",
+    "optic disc and cup, 4 sites (DoFE, FedDG or FedLC layout)",
+)
+DATASETS.register_lazy(
+    "prostate",
+    "fedbcs_lightning.data.real:prostate",
+    "prostate T2 MRI, 6 sites (SAML NIfTI volumes as 2.5-D slices, or 2-D slices)",
+)
+DATASETS.register_lazy(
+    "nuclei",
+    "fedbcs_lightning.data.real:nuclei",
+    "H&E nuclei, one folder per site (<site>/{images,masks}), native resolution",
+)
+DATASETS.register_lazy(
+    "sites",
+    "fedbcs_lightning.data.real:site_folders",
+    "any folder of sites: <root>/<site>/{images,masks}/<stem>.*",
+)
+
 METHODS.register_lazy(
     "fedavg",
     "fedbcs_lightning.strategies.fedavg:FedAvg",

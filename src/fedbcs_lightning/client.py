@@ -124,6 +124,7 @@ class FederatedClient:
         regions: dict[str, list[int]],
         local_epochs: int = 1,
         accelerator: str = "cpu",
+        window: int | None = None,
     ) -> None:
         self.name = name
         self.module = module
@@ -132,6 +133,7 @@ class FederatedClient:
         self.regions = regions
         self.local_epochs = local_epochs
         self.accelerator = accelerator
+        self.window = window
 
     def load(self, instruction: Instruction) -> None:
         """Load the weights the server sent; keys it left out stay local."""
@@ -174,7 +176,11 @@ class FederatedClient:
     ) -> dict[str, float]:
         self.load(instruction)
         return evaluate(
-            self.module.backbone, self.loaders[split], self.regions, surface_metrics=surface_metrics
+            self.module.backbone,
+            self.loaders[split],
+            self.regions,
+            surface_metrics=surface_metrics,
+            window=self.window,
         )
 
     def state_dict(self) -> dict[str, Any]:

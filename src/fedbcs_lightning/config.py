@@ -42,9 +42,13 @@ class SyntheticConfig:
 @dataclass
 class DataConfig:
     name: str = "synthetic"
-    root: str | None = None
-    image_size: int = 64
+    root: str | None = None  # folder of a real data set (else $FEDBCS_DATA/<name>)
+    cache: str | None = None  # HDF5 file written by `fedbcs prepare`
+    image_size: int = 64  # resize to (fundus, prostate) or crop/window size (nuclei, sites)
     augment: bool = True
+    skip_unpaired: bool = False  # skip images without masks (with a warning) instead of failing
+    label_values: list[int] = field(default_factory=list)  # mask values -> classes 1..n (sites)
+    train_foreground_only: bool | None = None  # None: the data set's default
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

@@ -5,17 +5,17 @@ convolution over ``concat(level, nearest_upsample(context))``. The convolution i
 and nearest upsampling commutes with it, so the context half is applied at the context's
 own (low) resolution and upsampled afterwards: the same numbers for far less work.
 
-A :class:`Descriptor` keeps the fused maps at their own resolutions and behaves as their
-nearest-resized concatenation at a target size, without materialising it: per-pixel
-features are gathered where they are needed (anchors), and class sums are computed with
-per-cell pixel counts. :meth:`Descriptor.dense` builds the full map (for tests).
+Going one step further, a :class:`Descriptor` never evaluates the convolutions densely:
+it applies them to features gathered at the pixels that need them (anchors) and to
+per-class feature sums, which is exact because the convolutions are linear.
+:meth:`Descriptor.dense` builds the full map (for tests and comparisons).
 
 Example
 -------
 >>> import torch
 >>> fusion = ContextFusion([4, 8], context_channels=16, dim=5)
->>> maps = fusion([torch.randn(1, 4, 16, 16), torch.randn(1, 8, 8, 8)], torch.randn(1, 16, 4, 4))
->>> d = Descriptor(maps, (16, 16))
+>>> levels = [torch.randn(1, 4, 16, 16), torch.randn(1, 8, 8, 8)]
+>>> d = fusion.describe(levels, torch.randn(1, 16, 4, 4), size=(16, 16))
 >>> d.dim, tuple(d.dense().shape)
 (10, (1, 10, 16, 16))
 """
@@ -44,7 +44,21 @@ class ContextFusion(nn.Module):
             nn.Conv2d(context_channels, dim, 1, bias=False) for _ in level_channels
         )
 
+    def describe(
+        self, levels: Sequence[torch.Tensor], context: torch.Tensor, size: tuple[int, int]
+    ) -> Descriptor:
+        """The fused levels, unevaluated, as a :class:`Descriptor` at ``size``."""
+        fused = []
+        for local, ctx, feature in zip(self.local, self.context, levels, strict=True):
+            parts = [
+                LinearPart(feature, local.weight[:, :, 0, 0]),
+                LinearPart(context, ctx.weight[:, :, 0, 0]),
+            ]
+            fused.append((parts, local.bias))
+        return Descriptor(fused, size)
+
     def forward(self, levels: Sequence[torch.Tensor], context: torch.Tensor) -> list[torch.Tensor]:
+        """The fused maps, each at its level's resolution."""
         out = []
         for local, ctx, feature in zip(self.local, self.context, levels, strict=True):
             ctx_small = ctx(context)
@@ -60,63 +74,94 @@ def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 @dataclass
-class Descriptor:
-    """Fused maps that stand for their nearest-resized concatenation at ``size``.
+class LinearPart:
+    """``weight @ features`` (a 1x1 convolution without bias), not yet evaluated."""
 
-    Maps finer than ``size`` are resized down on construction; coarser maps stay at their
-    resolution (``size`` must be an integer multiple of it).
+    features: torch.Tensor  # (B, c, h, w)
+    weight: torch.Tensor  # (D, c)
+
+
+@dataclass
+class Descriptor:
+    """Fused levels that stand for their nearest-resized concatenation at ``size``.
+
+    Each fused level is ``sum(part.weight @ part.features) + bias`` with every part at its
+    own resolution. The 1x1 convolutions are linear, so they are applied only where
+    needed: to the features gathered at anchor pixels (:meth:`at`) and to per-class
+    feature sums (:meth:`class_sums`). No ``dim``-channel map is ever built at the target
+    resolution, yet the numbers equal those of the dense map (:meth:`dense`).
+
+    Parts finer than ``size`` are nearest-resized down on construction; coarser parts stay
+    at their resolution (``size`` must be an integer multiple of it).
     """
 
-    maps: list[torch.Tensor]
+    levels: list[tuple[list[LinearPart], torch.Tensor]]  # (parts, bias) per fused level
     size: tuple[int, int]
 
     def __post_init__(self) -> None:
         h, w = self.size
-        resized = []
-        for m in self.maps:
-            mh, mw = m.shape[-2:]
-            if mh > h or mw > w:
-                m = F.interpolate(m, size=self.size, mode="nearest")
-            elif h % m.shape[-2] or w % m.shape[-1]:
-                raise ValueError(f"descriptor size {self.size} is not a multiple of {(mh, mw)}")
-            resized.append(m)
-        self.maps = resized
+        for parts, _ in self.levels:
+            for part in parts:
+                ph, pw = part.features.shape[-2:]
+                if ph > h or pw > w:
+                    part.features = F.interpolate(part.features, size=self.size, mode="nearest")
+                elif h % ph or w % pw:
+                    raise ValueError(f"descriptor size {self.size} is not a multiple of {(ph, pw)}")
 
     @property
     def dim(self) -> int:
-        return sum(m.shape[1] for m in self.maps)
+        return sum(bias.shape[0] for _, bias in self.levels)
 
-    def _strides(self) -> list[int]:
-        return [self.size[0] // m.shape[-2] for m in self.maps]
+    def _stride(self, part: LinearPart) -> int:
+        return self.size[0] // part.features.shape[-2]
 
     def at(self, batch: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Features ``(N, dim)`` at target-resolution pixels ``(batch, y, x)``."""
-        parts = []
-        for m, s in zip(self.maps, self._strides(), strict=True):
-            parts.append(
-                m[
+        blocks = []
+        for parts, bias in self.levels:
+            block = bias
+            for part in parts:
+                s = self._stride(part)
+                gathered = part.features[
                     batch,
                     :,
                     torch.div(y, s, rounding_mode="floor"),
                     torch.div(x, s, rounding_mode="floor"),
                 ]
-            )
-        return torch.cat(parts, dim=1)
+                block = block + gathered @ part.weight.T
+            blocks.append(block.expand(len(batch), -1))
+        return torch.cat(blocks, dim=1)
 
     def class_sums(
         self, labels: torch.Tensor, num_classes: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per class: the sum of features over its pixels ``(C, dim)`` and the pixel count."""
-        onehot = F.one_hot(labels, num_classes).permute(0, 3, 1, 2).to(self.maps[0].dtype)
-        sums = []
-        for m, s in zip(self.maps, self._strides(), strict=True):
-            counts = F.avg_pool2d(onehot, s) * (s * s) if s > 1 else onehot
-            sums.append(torch.einsum("bchw,bdhw->cd", counts, m))
-        return torch.cat(sums, dim=1), onehot.sum(dim=(0, 2, 3))
+        dtype = self.levels[0][1].dtype
+        onehot = F.one_hot(labels, num_classes).permute(0, 3, 1, 2).to(dtype)
+        counts = onehot.sum(dim=(0, 2, 3))
+        cell_counts: dict[int, torch.Tensor] = {}
+        blocks = []
+        for parts, bias in self.levels:
+            block = counts[:, None] * bias[None, :]
+            for part in parts:
+                s = self._stride(part)
+                if s not in cell_counts:
+                    cell_counts[s] = F.avg_pool2d(onehot, s) * (s * s) if s > 1 else onehot
+                raw = torch.einsum("bchw,bkhw->ck", cell_counts[s], part.features)
+                block = block + raw @ part.weight.T
+            blocks.append(block)
+        return torch.cat(blocks, dim=1), counts
 
     def dense(self) -> torch.Tensor:
         """The materialised ``(B, dim, H, W)`` map (memory-hungry; for checks)."""
-        return torch.cat([F.interpolate(m, size=self.size, mode="nearest") for m in self.maps], 1)
+        blocks = []
+        for parts, bias in self.levels:
+            block = bias[None, :, None, None]
+            for part in parts:
+                fused = F.conv2d(part.features, part.weight[:, :, None, None])
+                block = block + F.interpolate(fused, size=self.size, mode="nearest")
+            blocks.append(block)
+        return torch.cat(blocks, dim=1)
 
 
 class DualLevelDescriptors(nn.Module):
@@ -145,10 +190,10 @@ class DualLevelDescriptors(nn.Module):
         out = {}
         if "encoder" in self.fusions:
             levels, context = output.encoder[:-1], output.encoder[-1]
-            maps = self.fusions["encoder"](levels, context)
-            out["encoder"] = Descriptor(maps, tuple(levels[0].shape[-2:]))
+            size = tuple(levels[0].shape[-2:])
+            out["encoder"] = self.fusions["encoder"].describe(levels, context, size)
         if "decoder" in self.fusions:
             context, levels = output.decoder[0], output.decoder[1:]
-            maps = self.fusions["decoder"](levels, context)
-            out["decoder"] = Descriptor(maps, tuple(levels[0].shape[-2:]))
+            size = tuple(levels[0].shape[-2:])
+            out["decoder"] = self.fusions["decoder"].describe(levels, context, size)
         return out

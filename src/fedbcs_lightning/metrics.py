@@ -52,6 +52,19 @@ def hd95_per_image(pred: torch.Tensor, target: torch.Tensor, labels: list[int]) 
     return out
 
 
+def predict_logits(
+    model: torch.nn.Module, images: torch.Tensor, window: int | None
+) -> torch.Tensor:
+    """Logits for a batch; tiled with overlapping windows when ``window`` is given."""
+    if window is None:
+        return model(images)
+    from monai.inferers import sliding_window_inference
+
+    return sliding_window_inference(
+        images, (window, window), sw_batch_size=4, predictor=model, overlap=0.25, mode="gaussian"
+    )
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -59,11 +72,14 @@ def evaluate(
     regions: Mapping[str, list[int]],
     surface_metrics: bool = False,
     device: torch.device | str | None = None,
+    window: int | None = None,
 ) -> dict[str, float]:
     """Score ``model`` on ``(image, mask)`` batches.
 
     Returns ``dice/<region>`` per region, ``dice`` (their mean) and, with
-    ``surface_metrics``, ``hd95/<region>`` and ``hd95``.
+    ``surface_metrics``, ``hd95/<region>`` and ``hd95``. With ``window``, images are
+    predicted with overlapping ``window`` x ``window`` tiles (MONAI's sliding-window
+    inference, Gaussian blending), so whole images of any size can be scored.
 
     Example
     -------
@@ -84,7 +100,7 @@ def evaluate(
     hd95: dict[str, list[float]] = {name: [] for name in regions}
     try:
         for images, masks in batches:
-            pred = model(images.to(device)).argmax(1).cpu()
+            pred = predict_logits(model, images.to(device), window).argmax(1).cpu()
             for name, labels in regions.items():
                 dice[name].extend(dice_per_image(pred, masks, labels).tolist())
                 if surface_metrics:

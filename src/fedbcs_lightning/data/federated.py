@@ -12,7 +12,9 @@ Example
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,25 +22,46 @@ import numpy as np
 SPLITS = ("train", "val", "test")
 
 
+class DataError(ValueError):
+    """A data file, folder or data set is unusable; the message names it and the fix."""
+
+
 @dataclass
 class Site:
-    """One client's images ``(N, H, W, C)`` uint8 and label maps ``(N, H, W)`` uint8."""
+    """One client's images ``(H, W, C)`` uint8 and label maps ``(H, W)`` uint8.
+
+    ``images`` and ``masks`` are stacked arrays or lists (images of varied size).
+    ``groups`` (e.g. the patient of each slice) keeps a group inside one split;
+    ``fixed_test`` holds the indices of a published test split; ``sources`` the files read.
+    """
 
     name: str
-    images: np.ndarray
-    masks: np.ndarray
+    images: Sequence[np.ndarray]
+    masks: Sequence[np.ndarray]
+    groups: list[str] | None = None
+    fixed_test: list[int] | None = None
+    sources: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.images.ndim != 4 or self.masks.ndim != 3:
-            raise ValueError(
+        if len(self.images) != len(self.masks):
+            raise DataError(
+                f"site {self.name!r}: {len(self.images)} images but {len(self.masks)} masks"
+            )
+        if isinstance(self.images, np.ndarray) and (
+            self.images.ndim != 4 or not isinstance(self.masks, np.ndarray) or self.masks.ndim != 3
+        ):
+            raise DataError(
                 f"site {self.name!r}: images must be (N, H, W, C) and masks (N, H, W); got "
-                f"{self.images.shape} and {self.masks.shape}"
+                f"{self.images.shape} and {np.shape(self.masks)}"
             )
-        if self.images.shape[:3] != self.masks.shape:
-            raise ValueError(
-                f"site {self.name!r}: {self.images.shape[0]} images of size "
-                f"{self.images.shape[1:3]} but masks {self.masks.shape}"
-            )
+        for i, (image, mask) in enumerate(zip(self.images, self.masks, strict=True)):
+            if image.ndim != 3 or image.shape[:2] != mask.shape:
+                raise DataError(
+                    f"site {self.name!r}, item {i}: image {image.shape} and mask {mask.shape} "
+                    "do not match (image (H, W, C), mask (H, W))"
+                )
+        if self.groups is not None and len(self.groups) != len(self.images):
+            raise DataError(f"site {self.name!r}: one group per image is needed")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -56,12 +79,16 @@ class FederatedData:
     sites: list[Site]
     class_names: list[str]
     regions: dict[str, list[int]] = field(default_factory=dict)
+    #: images keep their native size: train on random crops, evaluate with sliding windows
+    whole_images: bool = False
+    #: train only on images that contain foreground (e.g. prostate slices)
+    train_foreground_only: bool = False
 
     def __post_init__(self) -> None:
         if not self.regions:
             self.regions = {n: [i] for i, n in enumerate(self.class_names) if i > 0}
         if not self.sites:
-            raise ValueError(f"data set {self.name!r} has no sites")
+            raise DataError(f"data set {self.name!r} has no sites")
 
     @property
     def num_classes(self) -> int:
@@ -69,55 +96,73 @@ class FederatedData:
 
     @property
     def in_channels(self) -> int:
-        return int(self.sites[0].images.shape[-1])
+        return int(self.sites[0].images[0].shape[-1])
 
     def subset(self, num_sites: int | None) -> FederatedData:
         """The first ``num_sites`` sites (all when ``None``)."""
         if num_sites is None:
             return self
         if num_sites > len(self.sites):
-            raise ValueError(
+            raise DataError(
                 f"{num_sites} clients requested but data set {self.name!r} has "
                 f"{len(self.sites)} sites"
             )
-        return FederatedData(self.name, self.sites[:num_sites], self.class_names, self.regions)
+        return dataclasses.replace(self, sites=self.sites[:num_sites])
 
 
 def make_splits(
     data: FederatedData, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, dict[str, list[int]]]:
-    """Per-site train/val/test indices, a deterministic function of ``seed``."""
+    """Per-site train/val/test indices, a deterministic function of ``seed``.
+
+    A site's published test split (``fixed_test``) is kept and validation comes out of
+    the rest; items of one group (a patient's slices) always land in the same split.
+    """
     splits = {}
     for k, site in enumerate(data.sites):
-        n = len(site)
-        order = np.random.default_rng([seed, k, 2]).permutation(n)
-        n_test = max(1, int(round(n * test_fraction)))
-        n_val = max(1, int(round(n * val_fraction)))
-        if n - n_test - n_val < 1:
-            raise ValueError(
-                f"site {site.name!r} has {n} images: too few for a train/val/test split"
+        groups = site.groups or [str(i) for i in range(len(site))]
+        pool = [i for i in range(len(site)) if i not in set(site.fixed_test or [])]
+        units = sorted({groups[i] for i in pool}) if site.groups else [groups[i] for i in pool]
+        order = [units[j] for j in np.random.default_rng([seed, k, 2]).permutation(len(units))]
+        n_units = len(units)
+        n_val = max(1, int(round(n_units * val_fraction)))
+        n_test = 0 if site.fixed_test else max(1, int(round(n_units * test_fraction)))
+        if n_units - n_test - n_val < 1 or (site.fixed_test is not None and not site.fixed_test):
+            unit = "cases" if site.groups else "images"
+            raise DataError(
+                f"site {site.name!r} has {n_units} {unit} to split: too few for train/val/test"
             )
+        test_units, val_units = set(order[:n_test]), set(order[n_test : n_test + n_val])
+        test = sorted(site.fixed_test or [i for i in pool if groups[i] in test_units])
         splits[site.name] = {
-            "train": sorted(order[n_test + n_val :].tolist()),
-            "val": sorted(order[n_test : n_test + n_val].tolist()),
-            "test": sorted(order[:n_test].tolist()),
+            "train": [i for i in pool if groups[i] not in test_units | val_units],
+            "val": [i for i in pool if groups[i] in val_units],
+            "test": test,
         }
     return splits
 
 
-def build_augmentation(seed: int):
-    """Geometric transforms on image and mask, photometric on the image only."""
+def build_augmentation(seed: int, augment: bool = True, crop: int | None = None):
+    """Random ``crop`` (padding smaller images), then, with ``augment``, geometric
+    transforms on image and mask and photometric ones on the image only. ``None`` when
+    there is nothing to do."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     import albumentations as A
+    import cv2
 
-    return A.Compose(
-        [
+    transforms = []
+    if crop:
+        transforms += [
+            A.PadIfNeeded(crop, crop, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0),
+            A.RandomCrop(crop, crop),
+        ]
+    if augment:
+        transforms += [
             A.HorizontalFlip(p=0.5),
             A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-15, 15), p=0.5),
             A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
-        ],
-        seed=seed,
-    )
+        ]
+    return A.Compose(transforms, seed=seed) if transforms else None
 
 
 class SegmentationDataset:

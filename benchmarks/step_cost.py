@@ -1,0 +1,172 @@
+"""Cost of one local training step: FedBCS vs FedAvg, and where FedBCS's cost comes from.
+
+Each variant runs in a fresh process (so peak memory is its own): the same U-Net, batch
+and images; one step = forward, losses, backward, optimiser step, and (for FedBCS) the
+prototype accumulation of the last local epoch, with global prototypes present so the
+alignment loss is computed. Reported: median step time over the timed steps, its ratio to
+FedAvg measured in the same run, and the peak resident memory of the process.
+
+Variants:
+- fedavg: segmentation loss only.
+- fedbcs: the default (closed-form FSR; fusion convolutions applied only to anchor
+  features and class sums, never densely).
+- fedbcs-fft-fsr: FSR computed through the FFT.
+- fedbcs-dense: descriptors as the reference computes them (concat with the upsampled
+  context at full resolution, 1x1 conv, 768-channel map materialised at e1's resolution).
+
+    python benchmarks/step_cost.py            # width 32, 128x128, batch 6, 12 steps
+    python benchmarks/step_cost.py --quick    # width 16, 64x64, 6 steps
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import resource
+import statistics
+import time
+
+from common import emit, markdown_table, parser
+
+VARIANTS = ("fedavg", "fedbcs", "fedbcs-fft-fsr", "fedbcs-dense")
+
+
+def _dense_descriptors(module):
+    """Swap in the reference's dense descriptor computation (for comparison only)."""
+    import torch
+    import torch.nn.functional as F
+
+    class DenseDescriptor:
+        def __init__(self, maps, size):
+            self.size = size
+            self.map = torch.cat([F.interpolate(m, size=size, mode="nearest") for m in maps], 1)
+
+        def at(self, b, y, x):
+            return self.map[b, :, y, x]
+
+        def class_sums(self, labels, num_classes):
+            onehot = F.one_hot(labels, num_classes).permute(0, 3, 1, 2).to(self.map.dtype)
+            return torch.einsum("bchw,bdhw->cd", onehot, self.map), onehot.sum((0, 2, 3))
+
+    def naive_fusion(fusion, levels, context):
+        out = []
+        for local, ctx, f in zip(fusion.local, fusion.context, levels, strict=True):
+            weight = torch.cat([local.weight, ctx.weight], 1)
+            up = F.interpolate(context, size=f.shape[-2:], mode="nearest")
+            out.append(F.conv2d(torch.cat([f, up], 1), weight, local.bias))
+        return out
+
+    heads = module.prototype_descriptors
+
+    def forward(output):
+        enc = naive_fusion(heads.fusions["encoder"], output.encoder[:-1], output.encoder[-1])
+        dec = naive_fusion(heads.fusions["decoder"], output.decoder[1:], output.decoder[0])
+        return {
+            "encoder": DenseDescriptor(enc, tuple(output.encoder[0].shape[-2:])),
+            "decoder": DenseDescriptor(dec, tuple(output.decoder[1].shape[-2:])),
+        }
+
+    heads.forward = forward
+
+
+def _measure(variant: str, width: int, size: int, batch: int, steps: int, queue) -> None:
+    import torch
+
+    from fedbcs_lightning.config import FedBCSConfig
+    from fedbcs_lightning.data.synthetic import render_sites
+    from fedbcs_lightning.losses import segmentation_loss
+    from fedbcs_lightning.models.unet import UNet
+    from fedbcs_lightning.prototypes import PrototypeBank
+    from fedbcs_lightning.strategies.base import Instruction
+    from fedbcs_lightning.strategies.fedbcs import FedBCS
+
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    data = render_sites("fundus", 1, batch, size, seed=0)
+    images = torch.from_numpy(data.sites[0].images).permute(0, 3, 1, 2).float() / 255
+    masks = torch.from_numpy(data.sites[0].masks).long()
+    net = UNet(3, 3, width=width)
+    hook = None
+    if variant != "fedavg":
+        opts = FedBCSConfig(fsr_mode="fft" if variant == "fedbcs-fft-fsr" else "closed")
+        strategy = FedBCS(opts)
+        net = strategy.configure_backbone(net)
+        if variant == "fedbcs-dense":
+            _dense_descriptors(net)
+        (hook,) = strategy.client_hooks()
+        dim = 3 * opts.prototype_dim
+        bank = PrototypeBank(
+            {(lvl, c): torch.randn(2, dim) for lvl in ("encoder", "decoder") for c in range(3)}
+        )
+
+        class Module:  # what the hook reads from the Lightning module
+            backbone = net
+            current_epoch = 0
+
+        hook.on_fit_start(Module, Instruction({}, {"prototypes": bank.to_dict()}))
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    times = []
+    for _ in range(steps + 2):
+        start = time.perf_counter()
+        output = net.forward_features(images)
+        loss = segmentation_loss(output.logits, masks)
+        if hook is not None:
+            loss = loss + sum(hook.extra_losses(Module, (images, masks), output).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if hook is not None:
+            hook.on_train_batch_end(Module, (images, masks), output, 0)
+        times.append(time.perf_counter() - start)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put({"variant": variant, "median_s": statistics.median(times[2:]), "peak_mb": peak_mb})
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=6)
+    p.add_argument("--steps", type=int, default=None)
+    args = p.parse_args()
+    width = args.width or (16 if args.quick else 32)
+    size = args.image_size or (64 if args.quick else 128)
+    steps = args.steps or (6 if args.quick else 12)
+    ctx = mp.get_context("spawn")
+    rows = []
+    for variant in VARIANTS:
+        queue = ctx.Queue()
+        proc = ctx.Process(
+            target=_measure, args=(variant, width, size, args.batch_size, steps, queue)
+        )
+        proc.start()
+        rows.append(queue.get())
+        proc.join()
+    base = rows[0]["median_s"]
+    for row in rows:
+        row["ratio"] = row["median_s"] / base
+    result = {
+        "width": width,
+        "image_size": size,
+        "batch_size": args.batch_size,
+        "steps": steps,
+        "rows": rows,
+    }
+    table = markdown_table(
+        ["variant", "median step (s)", "ratio to fedavg", "peak RSS (MB)"],
+        [
+            [r["variant"], f"{r['median_s']:.3f}", f"{r['ratio']:.2f}", f"{r['peak_mb']:.0f}"]
+            for r in rows
+        ],
+    )
+    emit(
+        args,
+        result,
+        [
+            f"U-Net width {width}, {size}x{size}, batch {args.batch_size}, "
+            f"median of {steps} steps after 2 warm-up steps\n{table}"
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -9,10 +9,12 @@ FedAvg measured in the same run, and the peak resident memory of the process.
 Variants:
 - fedavg: segmentation loss only.
 - fedbcs: the default (closed-form FSR; fusion convolutions applied only to anchor
-  features and class sums, never densely).
-- fedbcs-fft-fsr: FSR computed through the FFT.
+  features and class sums, never densely; at most 1024 anchors per class and level).
+- fedbcs-all-anchors: the same with every foreground pixel as an anchor (as the paper).
+- fedbcs-fft-fsr: the default with FSR computed through the FFT.
 - fedbcs-dense: descriptors as the reference computes them (concat with the upsampled
-  context at full resolution, 1x1 conv, 768-channel map materialised at e1's resolution).
+  context at full resolution, 1x1 conv, 768-channel map materialised at e1's
+  resolution), every foreground pixel an anchor.
 
     python benchmarks/step_cost.py            # width 32, 128x128, batch 6, 12 steps
     python benchmarks/step_cost.py --quick    # width 16, 64x64, 6 steps
@@ -27,7 +29,13 @@ import time
 
 from common import emit, markdown_table, parser
 
-VARIANTS = ("fedavg", "fedbcs", "fedbcs-fft-fsr", "fedbcs-dense")
+VARIANTS = {  # FedBCS options per variant (None: FedAvg)
+    "fedavg": None,
+    "fedbcs": {},
+    "fedbcs-all-anchors": {"max_anchors": 0},
+    "fedbcs-fft-fsr": {"fsr_mode": "fft"},
+    "fedbcs-dense": {"max_anchors": 0},
+}
 
 
 def _dense_descriptors(module):
@@ -86,8 +94,8 @@ def _measure(variant: str, width: int, size: int, batch: int, steps: int, queue)
     masks = torch.from_numpy(data.sites[0].masks).long()
     net = UNet(3, 3, width=width)
     hook = None
-    if variant != "fedavg":
-        opts = FedBCSConfig(fsr_mode="fft" if variant == "fedbcs-fft-fsr" else "closed")
+    if VARIANTS[variant] is not None:
+        opts = FedBCSConfig(**VARIANTS[variant])
         strategy = FedBCS(opts)
         net = strategy.configure_backbone(net)
         if variant == "fedbcs-dense":

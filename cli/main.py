@@ -55,6 +55,7 @@ def fit(
         int | None, typer.Option(help="Random seed (data, splits, init, order).")
     ] = None,
     data_root: Annotated[str | None, typer.Option(help="Folder of a real data set.")] = None,
+    cache: Annotated[str | None, typer.Option(help="HDF5 cache from `fedbcs prepare`.")] = None,
     config: Annotated[
         str | None,
         typer.Option("--config", help=f"YAML file or preset ({', '.join(preset_names())})."),
@@ -92,14 +93,60 @@ def fit(
         _fail(str(err))
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     from fedbcs_lightning.api import fit as run_fit
+    from fedbcs_lightning.data import DataError
 
     try:
         run = run_fit(cfg)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, DataError, FileNotFoundError) as err:
         _fail(str(err), code=1)
     typer.echo("")
     typer.echo(run.summary_table())
     typer.echo(f"\nrun directory: {run.run_dir}")
+
+
+@app.command()
+def prepare(
+    dataset: Annotated[str, typer.Option(help="Data set name (see `fedbcs datasets`).")],
+    data_root: Annotated[str, typer.Option(help="Folder holding the data set.")],
+    out: Annotated[Path, typer.Option(help="HDF5 file to write.")],
+    image_size: Annotated[int | None, typer.Option(help="Resize to this size.")] = None,
+    skip_unpaired: Annotated[
+        bool, typer.Option(help="Skip images without masks (with a warning) instead of failing.")
+    ] = False,
+    config: Annotated[str | None, typer.Option("--config", help="YAML file or preset.")] = None,
+) -> None:
+    """Check a data set once and write it to an HDF5 cache (atomic, idempotent)."""
+    try:
+        cfg = resolve(
+            config,
+            options=_options(
+                **{
+                    "data.name": dataset,
+                    "data.root": data_root,
+                    "data.image_size": image_size,
+                    "data.skip_unpaired": skip_unpaired or None,
+                }
+            ),
+        )
+    except ConfigError as err:
+        _fail(str(err))
+    import warnings
+
+    from fedbcs_lightning.data import DATASETS, DataError
+    from fedbcs_lightning.data.cache import write_cache
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            data = DATASETS.get(cfg.data.name)(cfg)
+        for warning in caught:
+            typer.echo(f"warning: {warning.message}", err=True)
+        manifest = write_cache(data, out, cfg.data.image_size)
+    except DataError as err:
+        _fail(str(err), code=1)
+    for name, site in manifest["sites"].items():
+        typer.echo(f"{name:<16} {site['images']:>6} images  {len(site['sources']):>6} files")
+    typer.echo(f"wrote {out}")
 
 
 def _listing(registry) -> None:

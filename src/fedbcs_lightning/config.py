@@ -46,6 +46,7 @@ class DataConfig:
     cache: str | None = None  # HDF5 file written by `fedbcs prepare`
     image_size: int = 64  # resize to (fundus, prostate) or crop/window size (nuclei, sites)
     augment: bool = True
+    crops_per_image: int = 4  # random crops per image and epoch (whole-image data sets)
     skip_unpaired: bool = False  # skip images without masks (with a warning) instead of failing
     label_values: list[int] = field(default_factory=list)  # mask values -> classes 1..n (sites)
     train_foreground_only: bool | None = None  # None: the data set's default
@@ -90,6 +91,7 @@ class FedBCSConfig:
     prototype_dim: int = 256  # channels of each fused level
     prototype_mean: str = "batch"  # batch (mean of batch means, the reference) | pixel
     clustering: str = "finch"  # finch | mean (server-side prototype aggregation)
+    max_anchors: int = 1024  # anchors per class, level and batch (random subset); 0 = all
     tau: float = 0.1  # temperature of the contrastive term
     weight: float = 1.0  # lambda, weight of the alignment loss
     alignment: str = "stable"  # stable (log-sum-exp) | paper (the reference's clamps)
@@ -302,6 +304,7 @@ def validate(config: Config) -> None:
         "model.width",
         "data.synthetic.sites",
         "data.synthetic.images_per_site",
+        "data.crops_per_image",
     )
     if config.train.clients is not None and config.train.clients < 1:
         raise ConfigError(f"train.clients: must be at least 1, got {config.train.clients}")
@@ -326,6 +329,8 @@ def validate(config: Config) -> None:
     if any(level < 1 for level in fb.fsr_levels):
         raise ConfigError(f"fedbcs.fsr_levels: levels count from 1, got {fb.fsr_levels}")
     _positive(config, "fedbcs.tau", "fedbcs.prototype_dim", "fedbcs.fsr_bands")
+    if fb.max_anchors < 0:
+        raise ConfigError(f"fedbcs.max_anchors: must be >= 0 (0 = all), got {fb.max_anchors}")
     if fb.weight < 0:
         raise ConfigError(f"fedbcs.weight: must be >= 0, got {fb.weight}")
     if config.train.weight_decay < 0 or config.data.synthetic.style_strength < 0:

@@ -116,20 +116,32 @@ class Descriptor:
         return self.size[0] // part.features.shape[-2]
 
     def at(self, batch: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Features ``(N, dim)`` at target-resolution pixels ``(batch, y, x)``."""
+        """Features ``(N, dim)`` at target-resolution pixels ``(batch, y, x)``.
+
+        Each part is evaluated where it is cheaper: gathered at the anchors and then
+        projected, or (a part with fewer positions than anchors, such as the context)
+        projected at its own resolution and then gathered.
+        """
+        rows: dict[int, torch.Tensor] = {}
         blocks = []
         for parts, bias in self.levels:
-            block = bias
+            block = bias.expand(len(batch), -1)
             for part in parts:
+                features = part.features
+                b, c, h, w = features.shape
                 s = self._stride(part)
-                gathered = part.features[
-                    batch,
-                    :,
-                    torch.div(y, s, rounding_mode="floor"),
-                    torch.div(x, s, rounding_mode="floor"),
-                ]
-                block = block + gathered @ part.weight.T
-            blocks.append(block.expand(len(batch), -1))
+                if s not in rows:
+                    rows[s] = (batch * h + torch.div(y, s, rounding_mode="floor")) * w + torch.div(
+                        x, s, rounding_mode="floor"
+                    )
+                if b * h * w < len(batch):  # project first, then gather D-dim rows
+                    projected = F.conv2d(features, part.weight[:, :, None, None])
+                    table = projected.permute(0, 2, 3, 1).reshape(b * h * w, -1)
+                    block = block + table.index_select(0, rows[s])
+                else:  # gather c-dim rows, then project
+                    table = features.permute(0, 2, 3, 1).reshape(b * h * w, c)
+                    block = block + table.index_select(0, rows[s]) @ part.weight.T
+            blocks.append(block)
         return torch.cat(blocks, dim=1)
 
     def class_sums(

@@ -93,3 +93,96 @@ def test_bad_override_is_a_clean_error():
     result = runner.invoke(app, ["fit", "--set", "train.lr=fast"])
     assert result.exit_code == 2
     assert "train.lr: expected a number" in result.output and "Traceback" not in result.output
+
+
+def test_prepare_fundus_samples_writes_a_valid_cache(shared_datasets, tmp_path):
+    out = tmp_path / "fundus.h5"
+    result = runner.invoke(
+        app,
+        [
+            "prepare",
+            "--dataset",
+            "fundus",
+            "--data-root",
+            str(shared_datasets / "samples" / "fundus-dofe"),
+            "--out",
+            str(out),
+            "--image-size",
+            "32",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "Drishti-GS" in result.output and out.is_file()
+    from fedbcs_lightning.data.cache import read_cache
+
+    assert len(read_cache(out, "fundus", 32).sites) == 4
+
+
+def test_prepare_prostate_samples_names_the_unpaired_file(shared_datasets, tmp_path):
+    root = str(shared_datasets / "samples" / "prostate-slices")
+    out = tmp_path / "prostate.h5"
+    result = runner.invoke(
+        app,
+        [
+            "prepare",
+            "--dataset",
+            "prostate",
+            "--data-root",
+            root,
+            "--out",
+            str(out),
+            "--image-size",
+            "32",
+        ],
+    )
+    assert result.exit_code == 1 and not out.exists()
+    assert "I2CVB/train/image/00_01.png" in result.output and "skip_unpaired" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(
+        app,
+        [
+            "prepare",
+            "--dataset",
+            "prostate",
+            "--data-root",
+            root,
+            "--out",
+            str(out),
+            "--image-size",
+            "32",
+            "--skip-unpaired",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "warning: skipping" in result.output and out.is_file()
+
+
+def test_fit_without_data_says_where_it_looked(monkeypatch):
+    monkeypatch.delenv("FEDBCS_DATA", raising=False)
+    result = runner.invoke(app, ["fit", "--dataset", "fundus"])
+    assert result.exit_code == 1
+    assert "--data-root (not given)" in result.output and "DoFE" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_fit_on_real_nuclei_sites_reports_each_site(shared_datasets, tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "fit",
+            "--dataset",
+            "nuclei",
+            "--data-root",
+            str(shared_datasets / "nuclei"),
+            "--rounds",
+            "2",
+            "--output",
+            str(tmp_path / "run"),
+            "--set",
+            "model.width=4",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    for site in ("cpm15", "kumar", "tnbc"):
+        assert site in result.output
+    assert "dice nucleus" in result.output

@@ -166,21 +166,27 @@ def build_augmentation(seed: int, augment: bool = True, crop: int | None = None)
 
 
 class SegmentationDataset:
-    """A torch-style dataset over a subset of a site: float image (C, H, W), long mask."""
+    """A torch-style dataset over a subset of a site: float image (C, H, W), long mask.
 
-    def __init__(self, site: Site, indices: list[int], transform=None) -> None:
+    ``repeats`` visits every image that many times per epoch (several random crops of a
+    large image).
+    """
+
+    def __init__(self, site: Site, indices: list[int], transform=None, repeats: int = 1) -> None:
         self.site = site
         self.indices = list(indices)
         self.transform = transform
+        self.repeats = repeats
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.indices) * self.repeats
 
     def __getitem__(self, i: int):
         import torch
 
-        image = self.site.images[self.indices[i]]
-        mask = self.site.masks[self.indices[i]]
+        index = self.indices[i % len(self.indices)]
+        image = self.site.images[index]
+        mask = self.site.masks[index]
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]

@@ -29,6 +29,23 @@ from fedbcs_lightning.strategies.fedavg import FedAvg
 DESCRIPTORS = "prototype_descriptors"
 
 
+def sample_anchors(labels: torch.Tensor, max_per_class: int = 0):
+    """Foreground pixels ``(batch, y, x)``; with ``max_per_class``, a uniform random subset
+    of at most that many per class (an unbiased estimate of the per-class mean loss)."""
+    b, y, x = torch.nonzero(labels != 0, as_tuple=True)
+    if max_per_class <= 0:
+        return b, y, x
+    classes = labels[b, y, x]
+    keep = []
+    for cls in classes.unique():
+        members = torch.nonzero(classes == cls).flatten()
+        if len(members) > max_per_class:
+            members = members[torch.randperm(len(members), device=members.device)[:max_per_class]]
+        keep.append(members)
+    keep = torch.cat(keep).sort().values
+    return b[keep], y[keep], x[keep]
+
+
 class PrototypeAlignment(ClientHook):
     """Client side of CDPA: alignment loss and local prototypes."""
 
@@ -57,10 +74,9 @@ class PrototypeAlignment(ClientHook):
         share = self.options.weight / len(descriptors)
         for level, descriptor in descriptors.items():
             labels = resize_labels(masks, descriptor.size)
-            b, y, x = torch.nonzero(labels != 0, as_tuple=True)
-            features = descriptor.at(b, y, x)
+            b, y, x = sample_anchors(labels, self.options.max_anchors)
             loss = alignment_loss(
-                features,
+                descriptor.at(b, y, x),
                 labels[b, y, x],
                 self.global_bank,
                 level,

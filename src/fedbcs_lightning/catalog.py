@@ -69,3 +69,18 @@ METHODS.register_lazy(
     "fedbcs_lightning.strategies.fedbcs:FedBCS",
     "FedBCS: FedAvg + frequency-domain style recalibration + dual-level prototype alignment",
 )
+METHODS.register_lazy(
+    "fedprox",
+    "fedbcs_lightning.strategies.baselines:FedProx",
+    "FedProx: FedAvg + proximal term mu/2 ||w - w_global||^2 on clients (fedprox.mu)",
+)
+METHODS.register_lazy(
+    "fedbn",
+    "fedbcs_lightning.strategies.baselines:FedBN",
+    "FedBN: FedAvg with BatchNorm weights and statistics kept local",
+)
+METHODS.register_lazy(
+    "local",
+    "fedbcs_lightning.strategies.baselines:LocalOnly",
+    "local: each site trains alone, no aggregation (a lower bound)",
+)

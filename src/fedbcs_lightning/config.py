@@ -98,6 +98,13 @@ class FedBCSConfig:
 
 
 @dataclass
+class FedProxConfig:
+    """Options of method ``fedprox``."""
+
+    mu: float = 0.01  # weight of the proximal term
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     output: str | None = None
@@ -111,6 +118,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
     fedbcs: FedBCSConfig = field(default_factory=FedBCSConfig)
+    fedprox: FedProxConfig = field(default_factory=FedProxConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -329,6 +337,8 @@ def validate(config: Config) -> None:
     if any(level < 1 for level in fb.fsr_levels):
         raise ConfigError(f"fedbcs.fsr_levels: levels count from 1, got {fb.fsr_levels}")
     _positive(config, "fedbcs.tau", "fedbcs.prototype_dim", "fedbcs.fsr_bands")
+    if config.fedprox.mu < 0:
+        raise ConfigError(f"fedprox.mu: must be >= 0, got {config.fedprox.mu}")
     if fb.max_anchors < 0:
         raise ConfigError(f"fedbcs.max_anchors: must be >= 0 (0 = all), got {fb.max_anchors}")
     if fb.weight < 0:

@@ -1,0 +1,89 @@
+import pytest
+import torch
+
+from fedbcs_lightning.api import build_clients
+from fedbcs_lightning.client import SegmentationClientModule
+from fedbcs_lightning.config import merge
+from fedbcs_lightning.data import load_dataset, make_splits
+from fedbcs_lightning.models.unet import UNet
+from fedbcs_lightning.strategies import ClientUpdate, Instruction, create_strategy
+from fedbcs_lightning.strategies.baselines import FedBN, LocalOnly, ProximalTerm
+from fedbcs_lightning.trainer import FederatedTrainer
+
+
+def _update(client, weights):
+    return ClientUpdate(client.name, weights, client.num_train_examples)
+
+
+def _federation(cfg):
+    strategy = create_strategy(cfg)
+    data = load_dataset(cfg)
+    splits = make_splits(data, cfg.data.val_fraction, cfg.data.test_fraction, cfg.run.seed)
+    return strategy, build_clients(cfg, data, splits, strategy)
+
+
+def test_fedprox_gradient_is_mu_times_distance_to_global():
+    torch.manual_seed(0)
+    net = UNet(3, 2, width=4)
+    module = SegmentationClientModule(net)
+    global_weights = {
+        k: v + 0.5 * torch.randn_like(v) if v.is_floating_point() else v
+        for k, v in net.state_dict().items()
+    }
+    hook = ProximalTerm(mu=0.3)
+    hook.on_fit_start(module, Instruction(global_weights))
+    loss = hook.extra_losses(module, None, None)["proximal"]
+    loss.backward()
+    for name, param in net.named_parameters():
+        expected = 0.3 * (param.detach() - global_weights[name])
+        assert torch.allclose(param.grad, expected, atol=1e-6), name
+
+
+def test_fedprox_trains_end_to_end(tiny_config):
+    cfg = merge(tiny_config, {"train": {"method": "fedprox"}, "fedprox": {"mu": 0.1}})
+    strategy, clients = _federation(cfg)
+    result = FederatedTrainer(clients, strategy, 2).fit(clients[0].get_weights())
+    assert result.history[1]["train"]["site1"]["loss/proximal"] > 0
+
+
+def test_fedbn_never_sends_or_averages_batchnorm(tiny_config):
+    cfg = merge(tiny_config, {"train": {"method": "fedbn"}})
+    strategy, clients = _federation(cfg)
+    assert isinstance(strategy, FedBN) and strategy.local_prefixes
+    result = FederatedTrainer(clients, strategy, 2).fit(clients[0].get_weights())
+    bn_keys = [k for k in result.last_weights if strategy.is_local(k)]
+    assert bn_keys and any(k.endswith("running_mean") for k in bn_keys)
+    sent = strategy.configure_train(3, result.last_weights, ["site1"])["site1"].weights
+    assert not any(strategy.is_local(k) for k in sent)
+    a, b = clients[0].get_weights(), clients[1].get_weights()
+    key = next(k for k in bn_keys if k.endswith("running_mean"))
+    assert not torch.equal(a[key], b[key])  # each site keeps its own statistics
+    weights, _ = strategy.aggregate_train(3, [_update(clients[0], a), _update(clients[1], b)])
+    assert torch.equal(weights[key], a[key])  # never averaged: the first client's own
+    conv = next(k for k in a if not strategy.is_local(k) and k.endswith("weight"))
+    n1, n2 = clients[0].num_train_examples, clients[1].num_train_examples
+    expected = (a[conv] * n1 + b[conv] * n2) / (n1 + n2)
+    assert torch.allclose(weights[conv], expected, atol=1e-6)  # the rest is averaged
+
+
+def test_local_never_aggregates(tiny_config):
+    cfg = merge(tiny_config, {"train": {"method": "local"}})
+    strategy, clients = _federation(cfg)
+    assert isinstance(strategy, LocalOnly)
+    FederatedTrainer(clients, strategy, 2).fit(clients[0].get_weights())
+    own = [c.get_weights() for c in clients]
+    weights, _ = strategy.aggregate_train(
+        3, [_update(c, w) for c, w in zip(clients, own, strict=True)]
+    )
+    for client, mine in zip(clients, own, strict=True):
+        sent = strategy.configure_train(3, weights, [client.name])[client.name].weights
+        assert all(torch.equal(sent[k], mine[k]) for k in mine)
+    key = "head.weight"
+    assert not torch.equal(own[0][key], own[1][key])
+
+
+@pytest.mark.parametrize("method", ["fedprox", "fedbn", "local"])
+def test_listed(method):
+    from fedbcs_lightning.catalog import METHODS
+
+    assert method in METHODS.names()

@@ -129,6 +129,31 @@ def _measure(variant: str, width: int, size: int, batch: int, steps: int, queue)
     queue.put({"variant": variant, "median_s": statistics.median(times[2:]), "peak_mb": peak_mb})
 
 
+def fsr_layer_times(width: int, size: int, batch: int, repeats: int = 20) -> list[dict]:
+    """Forward + backward of one FSR layer at each FSR level's shape: closed form vs FFT."""
+    import torch
+
+    from fedbcs_lightning.fsr import FrequencyStyleRecalibration
+
+    torch.set_num_threads(2)
+    rows = []
+    for level in (2, 3, 4):
+        channels, side = width * 2 ** (level - 1), size // 2 ** (level - 1)
+        x = torch.randn(batch, channels, side, side, requires_grad=True)
+        row = {"level": level, "shape": [batch, channels, side, side]}
+        for mode in ("closed", "fft"):
+            layer = FrequencyStyleRecalibration(channels, mode=mode)
+            times = []
+            for _ in range(repeats + 2):
+                start = time.perf_counter()
+                layer(x).square().mean().backward()
+                times.append(time.perf_counter() - start)
+            row[mode] = statistics.median(times[2:])
+        row["ratio"] = row["fft"] / row["closed"]
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--width", type=int, default=None)
@@ -158,6 +183,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "steps": steps,
         "rows": rows,
+        "fsr_layer": fsr_layer_times(width, size, args.batch_size),
     }
     table = markdown_table(
         ["variant", "median step (s)", "ratio to fedavg", "peak RSS (MB)"],
@@ -166,12 +192,26 @@ def main() -> None:
             for r in rows
         ],
     )
+    fsr_table = markdown_table(
+        ["FSR level", "input shape", "closed form (ms)", "FFT (ms)", "FFT / closed"],
+        [
+            [
+                r["level"],
+                "x".join(map(str, r["shape"])),
+                f"{1000 * r['closed']:.2f}",
+                f"{1000 * r['fft']:.2f}",
+                f"{r['ratio']:.1f}",
+            ]
+            for r in result["fsr_layer"]
+        ],
+    )
     emit(
         args,
         result,
         [
             f"U-Net width {width}, {size}x{size}, batch {args.batch_size}, "
-            f"median of {steps} steps after 2 warm-up steps\n{table}"
+            f"median of {steps} steps after 2 warm-up steps\n{table}",
+            f"one FSR layer, forward + backward, median of 20\n{fsr_table}",
         ],
     )
 

@@ -289,3 +289,42 @@ def test_real_nuclei_sites(shared_datasets):
     assert [s.name for s in data.sites] == ["cpm15", "kumar", "tnbc"]
     assert all(im.shape[-1] == 3 for s in data.sites for im in s.images)  # RGBA dropped
     assert [len(s) for s in data.sites] == [10, 16, 37]
+
+
+def test_training_uses_the_cache_and_whole_images_train_on_crops(tmp_path):
+    from fedbcs_lightning.api import fit
+
+    for site in ("a", "b"):
+        for i in range(4):
+            image = RNG.integers(0, 255, (48, 40 + 8 * i, 3), np.uint8)
+            mask = np.zeros(image.shape[:2], np.uint8)
+            mask[10:30, 5:25] = 1
+            _png(tmp_path / "src" / site / "images" / f"{i}.png", image)
+            _png(tmp_path / "src" / site / "masks" / f"{i}.png", mask)
+    cfg = _cfg("sites", tmp_path / "src")
+    write_cache(load_dataset(cfg), tmp_path / "s.h5", image_size=32)
+    cfg = resolve(
+        options={
+            "data": {
+                "name": "sites",
+                "cache": str(tmp_path / "s.h5"),
+                "image_size": 32,
+                "val_fraction": 0.25,
+                "test_fraction": 0.25,
+            },
+            "model": {"width": 4},
+            "train": {"rounds": 1, "batch_size": 2},
+        }
+    )
+    run = fit(cfg, run_dir=tmp_path / "run", progress=False)
+    assert set(run.result.test_last) == {"a", "b"}
+    assert 0.0 <= run.result.test_last["a"]["dice"] <= 1.0
+    from fedbcs_lightning.api import site_loaders
+
+    data = load_dataset(cfg)
+    loaders = site_loaders(cfg, data, data.sites[0], {"train": [0, 1], "val": [2], "test": [3]}, 0)
+    images, masks = next(iter(loaders["train"]))
+    assert images.shape[-2:] == (32, 32) and masks.shape[-2:] == (32, 32)
+    assert len(loaders["train"].dataset) == 2 * cfg.data.crops_per_image
+    whole, _ = next(iter(loaders["test"]))
+    assert whole.shape[-2:] == (48, 64)  # evaluated whole, with sliding windows

@@ -21,6 +21,7 @@ import numpy as np
 
 from fedbcs_lightning.data.federated import FederatedData, Site
 from fedbcs_lightning.data.readers import (
+    IMAGE_SUFFIXES,
     DataError,
     check_same_size,
     map_labels,
@@ -130,6 +131,22 @@ def _site_from_pairs(
     )
 
 
+def _train_test_pairs(folder: Path, config, suffixes=IMAGE_SUFFIXES, sub: str = ""):
+    """Pairs of ``folder/{train,test}[/sub]/{image,mask}`` and the test split's members."""
+    pairs, test = [], set()
+    for split in ("train", "test"):
+        base = folder / split / sub if sub else folder / split
+        if not base.is_dir():
+            continue
+        split_pairs = pair_by_stem(
+            base / "image", base / "mask", config.data.skip_unpaired, suffixes=suffixes
+        )
+        pairs += split_pairs
+        if split == "test":
+            test |= {(p.parent, p.stem) for p, _ in split_pairs}
+    return pairs, test
+
+
 # ---------------------------------------------------------------- fundus
 
 FUNDUS_CLASSES = ["background", "disc rim", "cup"]
@@ -141,15 +158,7 @@ def _fundus_dofe(root: Path, config) -> list[Site]:
     domains = sorted(p for p in root.iterdir() if re.fullmatch(r"Domain\d+", p.name))
     sites = []
     for k, domain in enumerate(domains):
-        pairs, test = [], set()
-        for split in ("train", "test"):
-            base = domain / split / "ROIs"
-            if not base.is_dir():
-                continue
-            split_pairs = pair_by_stem(base / "image", base / "mask", config.data.skip_unpaired)
-            pairs += split_pairs
-            if split == "test":
-                test |= {(p.parent, p.stem) for p, _ in split_pairs}
+        pairs, test = _train_test_pairs(domain, config, sub="ROIs")
 
         def load(image_path, mask_path):
             mask = map_labels(read_mask(mask_path), {255: 0, 128: 1, 0: 2}, mask_path)
@@ -193,17 +202,7 @@ def _fundus_fedlc(root: Path, config) -> list[Site]:
     folders = sorted(p for p in root.iterdir() if re.fullmatch(r"Site\d+", p.name))
     sites = []
     for k, folder in enumerate(folders):
-        pairs, test = [], set()
-        for split in ("train", "test"):
-            base = folder / split
-            if not base.is_dir():
-                continue
-            split_pairs = pair_by_stem(
-                base / "image", base / "mask", config.data.skip_unpaired, suffixes=(".npy",)
-            )
-            pairs += split_pairs
-            if split == "test":
-                test |= {(p.parent, p.stem) for p, _ in split_pairs}
+        pairs, test = _train_test_pairs(folder, config, suffixes=(".npy",))
 
         def load(image_path, mask_path):
             image = read_npy(image_path)
@@ -293,15 +292,7 @@ def _prostate_volumes(root: Path, config) -> list[Site]:
 def _prostate_slices(root: Path, config) -> list[Site]:
     sites = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        pairs, test = [], set()
-        for split in ("train", "test"):
-            base = folder / split
-            if not base.is_dir():
-                continue
-            split_pairs = pair_by_stem(base / "image", base / "mask", config.data.skip_unpaired)
-            pairs += split_pairs
-            if split == "test":
-                test |= {(p.parent, p.stem) for p, _ in split_pairs}
+        pairs, test = _train_test_pairs(folder, config)
 
         def load(image_path, mask_path):
             mask = map_labels(read_mask(mask_path), {255: 0, 0: 1}, mask_path)

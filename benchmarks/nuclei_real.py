@@ -6,7 +6,7 @@ sliding windows. Reported: per-site test nucleus Dice (model selected on validat
 last round) and the mean over sites, mean ± std over seeds.
 
     python benchmarks/nuclei_real.py            # 128x128 crops, 12 rounds, seeds 0 1
-    python benchmarks/nuclei_real.py --quick    # 64x64 crops, 2 rounds, seed 0
+    python benchmarks/nuclei_real.py --quick    # 96x96 crops, 1 round, seed 0
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ def main() -> None:
     args = p.parse_args()
     if not args.root.is_dir():
         raise SystemExit(f"nuclei sites not found at {args.root}; pass --root")
-    size = args.image_size or (64 if args.quick else 128)
-    rounds = args.rounds or (2 if args.quick else 12)
+    size = args.image_size or (96 if args.quick else 128)
+    rounds = args.rounds or (1 if args.quick else 12)
     seeds = args.seeds or ([0] if args.quick else [0, 1])
     methods = ["fedavg", "fedbcs"]
     results = {m: [run(m, s, args.root, size, rounds, args.width) for s in seeds] for m in methods}

@@ -121,38 +121,22 @@ def test_prepare_fundus_samples_writes_a_valid_cache(shared_datasets, tmp_path):
 def test_prepare_prostate_samples_names_the_unpaired_file(shared_datasets, tmp_path):
     root = str(shared_datasets / "samples" / "prostate-slices")
     out = tmp_path / "prostate.h5"
-    result = runner.invoke(
-        app,
-        [
-            "prepare",
-            "--dataset",
-            "prostate",
-            "--data-root",
-            root,
-            "--out",
-            str(out),
-            "--image-size",
-            "32",
-        ],
-    )
+    args = [
+        "prepare",
+        "--dataset",
+        "prostate",
+        "--data-root",
+        root,
+        "--out",
+        str(out),
+        "--image-size",
+        "32",
+    ]
+    result = runner.invoke(app, args)
     assert result.exit_code == 1 and not out.exists()
     assert "I2CVB/train/image/00_01.png" in result.output and "skip_unpaired" in result.output
     assert "Traceback" not in result.output
-    result = runner.invoke(
-        app,
-        [
-            "prepare",
-            "--dataset",
-            "prostate",
-            "--data-root",
-            root,
-            "--out",
-            str(out),
-            "--image-size",
-            "32",
-            "--skip-unpaired",
-        ],
-    )
+    result = runner.invoke(app, [*args, "--skip-unpaired"])
     assert result.exit_code == 0, result.output
     assert "warning: skipping" in result.output and out.is_file()
 

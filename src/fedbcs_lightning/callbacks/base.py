@@ -35,3 +35,11 @@ class FederatedCallback:
 
     def on_fit_end(self, trainer: Any, result: Any) -> None:
         """After the final test evaluation, with the :class:`FitResult`."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What this callback needs to continue a resumed run (kept in checkpoints under
+        the class name; e.g. a logger's run id)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned; called before ``on_fit_start``."""

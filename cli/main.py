@@ -67,8 +67,36 @@ def fit(
         list[str] | None,
         typer.Option("--set", help="Override any key: --set section.key=value (repeatable)."),
     ] = None,
+    logger: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--logger",
+            help="Experiment tracker: wandb (offline without WANDB_API_KEY), csv, tensorboard "
+            "or none (repeatable; sets run.loggers).",
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue the run in this directory from its last saved round "
+            "(only --rounds may be given with it, to train longer)."
+        ),
+    ] = None,
 ) -> None:
     """Train a federation and print per-site test Dice."""
+    if resume is not None:
+        given = {
+            "--dataset": dataset, "--method": method, "--local-epochs": local_epochs,
+            "--clients": clients, "--batch-size": batch_size, "--lr": lr,
+            "--image-size": image_size, "--seed": seed, "--data-root": data_root,
+            "--cache": cache, "--config": config, "--output": output, "--set": set_,
+            "--logger": logger,
+        }  # fmt: skip
+        extra = [name for name, value in given.items() if value]
+        if extra:
+            _fail(f"--resume continues the saved configuration; drop {', '.join(extra)}")
+        _resume(resume, rounds)
+        return
     try:
         cfg = resolve(
             config,
@@ -85,7 +113,9 @@ def fit(
                     "data.image_size": image_size,
                     "run.seed": seed,
                     "data.root": data_root,
+                    "data.cache": cache,
                     "run.output": str(output) if output else None,
+                    "run.loggers": [n for n in logger if n != "none"] if logger else None,
                 }
             ),
         )
@@ -98,6 +128,21 @@ def fit(
     try:
         run = run_fit(cfg)
     except (ConfigError, DataError, FileNotFoundError) as err:
+        _fail(str(err), code=1)
+    typer.echo("")
+    typer.echo(run.summary_table())
+    typer.echo(f"\nrun directory: {run.run_dir}")
+
+
+def _resume(run_dir: Path, rounds: int | None) -> None:
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    from fedbcs_lightning.api import ResumeError
+    from fedbcs_lightning.api import resume as run_resume
+    from fedbcs_lightning.data import DataError
+
+    try:
+        run = run_resume(run_dir, rounds)
+    except (ResumeError, ConfigError, DataError, FileNotFoundError) as err:
         _fail(str(err), code=1)
     typer.echo("")
     typer.echo(run.summary_table())
@@ -147,6 +192,116 @@ def prepare(
     for name, site in manifest["sites"].items():
         typer.echo(f"{name:<16} {site['images']:>6} images  {len(site['sources']):>6} files")
     typer.echo(f"wrote {out}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `fedbcs fit`.")],
+    out: Annotated[
+        Path | None, typer.Option(help="HTML file to write (default RUN_DIR/report.html).")
+    ] = None,
+) -> None:
+    """Write one self-contained HTML page: config, per-site test tables, curves, overlays."""
+    from fedbcs_lightning.report import RunDirectoryError, write_report
+
+    try:
+        path = write_report(run_dir, out)
+    except RunDirectoryError as err:
+        _fail(str(err), code=1)
+    typer.echo(f"wrote {path}")
+
+
+CHECKPOINT = typer.Argument(help="Checkpoint written by `fedbcs fit` (RUN/checkpoints/*.pt).")
+SITE_MODEL = typer.Option(help="Site whose model to use (required for method local).")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, CHECKPOINT],
+    dataset: Annotated[
+        str | None, typer.Option(help="Data set (default: the checkpoint's).")
+    ] = None,
+    data_root: Annotated[str | None, typer.Option(help="Folder of a real data set.")] = None,
+    cache: Annotated[str | None, typer.Option(help="HDF5 cache from `fedbcs prepare`.")] = None,
+    split: Annotated[str, typer.Option(help="test, val or train.")] = "test",
+    site: Annotated[str | None, typer.Option(help="Evaluate this site only.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Also write the scores to FILE.csv or FILE.json.")
+    ] = None,
+) -> None:
+    """Score a checkpoint per site and region: Dice, HD95 and ASSD (pixels)."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    from fedbcs_lightning.data import SPLITS
+
+    if split not in SPLITS:
+        _fail(f"--split {split!r}: choose {', '.join(SPLITS)}")
+    if out is not None and out.suffix.lower() not in (".csv", ".json"):
+        _fail(f"--out {out}: write to a .csv or .json file")
+    from fedbcs_lightning.inference import evaluate_checkpoint
+
+    try:
+        result = evaluate_checkpoint(checkpoint, split, site, dataset, data_root, cache)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err), code=1)
+    typer.echo(f"{checkpoint} (round {result.round}), {split} split: {result.splits_source}")
+    typer.echo(result.table())
+    if out is not None:
+        typer.echo(f"wrote {result.write(out)}")
+
+
+@app.command()
+def predict(
+    checkpoint: Annotated[Path, CHECKPOINT],
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
+    out: Annotated[Path, typer.Option(help="Folder for <stem>_mask.png and <stem>_overlay.png.")],
+    site: Annotated[str | None, SITE_MODEL] = None,
+) -> None:
+    """Segment images: write each one's label map (class indices, uint8) and an overlay."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    from fedbcs_lightning.inference import (
+        collect_images,
+        load_model,
+        predict_file,
+        save_prediction,
+    )
+
+    try:
+        files = collect_images(inputs)
+        model, info = load_model(checkpoint, site)
+        for path in files:
+            image, mask = predict_file(model, info, path)
+            written = save_prediction(out, path.stem, image, mask)
+            typer.echo(f"{path} -> {', '.join(p.name for p in written)}")
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err), code=1)
+    typer.echo(f"wrote {2 * len(files)} files to {out}")
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, CHECKPOINT],
+    out: Annotated[Path, typer.Option(help="File to write.")],
+    fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+    site: Annotated[str | None, SITE_MODEL] = None,
+) -> None:
+    """Export a checkpoint's network to ONNX or TorchScript, checked against PyTorch."""
+    if fmt not in ("onnx", "torchscript"):
+        _fail(f"--format {fmt!r}: choose onnx or torchscript")
+    from fedbcs_lightning.export import ExportError, export_model
+    from fedbcs_lightning.inference import load_model
+
+    try:
+        model, info = load_model(checkpoint, site)
+        result = export_model(model, out, fmt, info.image_size, info.in_channels)
+    except (ValueError, FileNotFoundError, ExportError) as err:
+        _fail(str(err), code=1)
+    size = info.image_size
+    typer.echo(
+        f"wrote {result.path} ({fmt}, {result.exporter} exporter): input 'image' "
+        f"(N, {info.in_channels}, {size}, {size}) in [0, 1], output 'logits' "
+        f"(N, {info.num_classes}, {size}, {size})"
+    )
+    typer.echo(f"max abs difference from PyTorch on a random batch: {result.max_abs_diff:.3g}")
 
 
 def _listing(registry) -> None:

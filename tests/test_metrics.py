@@ -3,7 +3,13 @@ import math
 import numpy as np
 import torch
 
-from fedbcs_lightning.metrics import dice_per_image, evaluate, hd95_per_image, mean_over_sites
+from fedbcs_lightning.metrics import (
+    assd_per_image,
+    dice_per_image,
+    evaluate,
+    hd95_per_image,
+    mean_over_sites,
+)
 
 
 class FixedPredictor(torch.nn.Module):
@@ -59,3 +65,32 @@ def test_evaluate_restores_training_mode():
 def test_mean_over_sites_ignores_nan():
     out = mean_over_sites({"a": {"dice": 0.5, "hd95": np.nan}, "b": {"dice": 1.0, "hd95": 4.0}})
     assert out == {"dice": 0.75, "hd95": 4.0}
+
+
+def test_assd_hand_case():
+    """Lines one pixel wide are all boundary. Prediction: column 5, rows 2-6; truth: column
+    7, rows 2-4. Truth -> prediction: 2, 2, 2. Prediction -> truth: 2, 2, 2 (rows 2-4),
+    sqrt(2^2 + 1^2) (row 5), sqrt(2^2 + 2^2) (row 6). ASSD = mean of all eight."""
+    pred = torch.zeros(3, 10, 10, dtype=torch.long)
+    target = torch.zeros_like(pred)
+    pred[0, 2:7, 5] = 1
+    target[0, 2:5, 7] = 1
+    pred[1, 2:5, 2] = target[1, 2:5, 2] = 1  # identical
+    target[2, 2:5, 2] = 1  # nothing predicted
+    expected = (6 * 2 + math.sqrt(5) + math.sqrt(8)) / 8
+    first, same, missing = assd_per_image(pred, target, [1])
+    assert math.isclose(first, expected, rel_tol=1e-6)
+    assert same == 0.0 and math.isnan(missing)
+
+
+def test_evaluate_reports_assd_beside_hd95():
+    target = torch.zeros(1, 10, 10, dtype=torch.long)
+    pred = torch.zeros_like(target)
+    pred[0, 2:7, 5] = 1
+    target[0, 2:5, 7] = 1
+    scores = evaluate(
+        FixedPredictor(2), [(pred[:, None].float(), target)], {"a": [1]}, surface_metrics=True
+    )
+    expected = (6 * 2 + math.sqrt(5) + math.sqrt(8)) / 8
+    assert math.isclose(scores["assd/a"], expected, rel_tol=1e-6)
+    assert scores["assd"] == scores["assd/a"] and "hd95/a" in scores

@@ -12,6 +12,7 @@ Example
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from fedbcs_lightning.callbacks import (
     MetricsWriter,
     RoundProgress,
 )
+from fedbcs_lightning.callbacks.loggers import create_loggers
+from fedbcs_lightning.callbacks.plots import PlotWriter
 from fedbcs_lightning.client import FederatedClient, SegmentationClientModule
 from fedbcs_lightning.config import Config, save
 from fedbcs_lightning.data import (
@@ -59,8 +62,8 @@ def build_clients(
     """One client per site, all starting from the same initial weights."""
     L.seed_everything(config.run.seed, verbose=False)
     template = strategy.configure_backbone(build_backbone(config, data))
-    clients = []
-    for k, site in enumerate(data.sites):
+
+    def client(name: str, loaders: dict) -> FederatedClient:
         backbone = strategy.configure_backbone(build_backbone(config, data))
         backbone.load_state_dict(template.state_dict())
         module = SegmentationClientModule(
@@ -71,20 +74,51 @@ def build_clients(
             momentum=config.train.momentum,
             hooks=strategy.client_hooks(),
         )
-        loaders = site_loaders(config, data, site, splits[site.name], config.run.seed * 1000 + k)
-        clients.append(
-            FederatedClient(
-                site.name,
-                module,
-                loaders,
-                len(loaders["train"].dataset.indices),
-                data.regions,
-                config.train.local_epochs,
-                config.run.accelerator,
-                window=config.data.image_size if data.whole_images else None,
-            )
+        return FederatedClient(
+            name,
+            module,
+            loaders,
+            _num_images(loaders["train"].dataset),
+            data.regions,
+            config.train.local_epochs,
+            config.run.accelerator,
+            window=config.data.image_size if data.whole_images else None,
         )
+
+    clients = [
+        client(site.name, site_loaders(config, data, site, splits[site.name], _seed(config, k)))
+        for k, site in enumerate(data.sites)
+    ]
+    if strategy.pools_training_data:
+        clients.append(client("pooled", pooled_loaders(config, clients)))
     return clients
+
+
+def _num_images(dataset) -> int:
+    parts = getattr(dataset, "datasets", [dataset])  # a ConcatDataset has several
+    return sum(len(part.indices) for part in parts)
+
+
+def _seed(config: Config, k: int) -> int:
+    return config.run.seed * 1000 + k
+
+
+def pooled_loaders(config: Config, clients: list[FederatedClient]) -> dict:
+    """One training loader over the union of the clients' training sets."""
+    from torch.utils.data import ConcatDataset
+
+    names = [c.name for c in clients]
+    if "pooled" in names:
+        raise DataError("method pooled adds a client named 'pooled'; rename that site")
+    union = ConcatDataset([c.loaders["train"].dataset for c in clients])
+    loader = make_loader(
+        union,
+        config.train.batch_size,
+        train=True,
+        seed=_seed(config, len(clients)),
+        shuffle=config.train.shuffle,
+    )
+    return {"train": loader}
 
 
 def site_loaders(config: Config, data: FederatedData, site, idx: dict, seed: int) -> dict:
@@ -136,14 +170,91 @@ def fit(
     """Train a federation as ``config`` says; write the run directory; return the results.
 
     The run directory holds ``config.yaml`` (resolved), ``splits.json``, ``metrics.jsonl``,
-    ``summary.json`` and ``checkpoints/{last,selected}.pt``.
+    ``summary.json``, ``checkpoints/{last,selected}.pt``, ``checkpoints/state.pt`` (to
+    resume, see :func:`resume`) and ``plots/`` (validation Dice curves, prediction
+    overlays), plus what the loggers of ``run.loggers`` write (``metrics.csv``,
+    ``tensorboard/``, ``wandb/``).
     """
     run_dir = Path(run_dir or config.run.output or default_run_dir(config))
     run_dir.mkdir(parents=True, exist_ok=True)
     save(config, run_dir / "config.yaml")
+    data, splits = _data(config)
+    atomic_write_json(run_dir / "splits.json", splits)
+    trainer, clients = _trainer(config, data, splits, run_dir, callbacks, progress)
+    result = trainer.fit(clients[0].get_weights())
+    return RunResult(config, data, run_dir, result)
+
+
+class ResumeError(Exception):
+    """A run directory cannot be resumed (the message says why)."""
+
+
+def resume(
+    run_dir: str | Path,
+    rounds: int | None = None,
+    callbacks: list[FederatedCallback] | None = None,
+    progress: bool = True,
+) -> RunResult:
+    """Continue the run in ``run_dir`` from its last saved round (``checkpoints/state.pt``).
+
+    The federation is rebuilt from the saved config; weights, every client's local state
+    (optimiser, local layers, method state), the strategy's state, the history and all
+    random generators are restored, so on CPU the result is bitwise identical to a run
+    that was never interrupted. ``rounds`` extends (or sets) the total number of rounds.
+    """
+    from fedbcs_lightning.config import from_dict
+    from fedbcs_lightning.io import load_checkpoint
+
+    run_dir = Path(run_dir)
+    path = run_dir / "checkpoints" / "state.pt"
+    if not path.is_file():
+        raise ResumeError(
+            f"{run_dir} cannot be resumed: {path} does not exist (it is written after each "
+            "run.checkpoint_every rounds)"
+        )
+    try:
+        checkpoint = load_checkpoint(path)
+    except ValueError as err:
+        raise ResumeError(str(err)) from None
+    if "trainer" not in checkpoint:
+        raise ResumeError(f"{path} holds weights only, not a resumable training state")
+    config = from_dict(checkpoint["config"])
+    done = checkpoint["trainer"]["round"]
+    if rounds is not None:
+        config.train.rounds = rounds
+    if done >= config.train.rounds:
+        raise ResumeError(
+            f"{run_dir} already finished round {done} of {config.train.rounds}; "
+            "pass more rounds to train longer"
+        )
+    data, splits = _data(config)
+    saved_splits = run_dir / "splits.json"
+    if saved_splits.is_file() and json.loads(saved_splits.read_text()) != splits:
+        raise ResumeError(
+            f"the data set's splits differ from {saved_splits}: the data changed since the "
+            "run started"
+        )
+    save(config, run_dir / "config.yaml")
+    trainer, clients = _trainer(config, data, splits, run_dir, callbacks, progress)
+    trainer.load_state_dict(checkpoint["trainer"])
+    result = trainer.fit(clients[0].get_weights())
+    return RunResult(config, data, run_dir, result)
+
+
+def _data(config: Config) -> tuple[FederatedData, dict]:
     data = load_dataset(config)
     splits = make_splits(data, config.data.val_fraction, config.data.test_fraction, config.run.seed)
-    atomic_write_json(run_dir / "splits.json", splits)
+    return data, splits
+
+
+def _trainer(
+    config: Config,
+    data: FederatedData,
+    splits: dict,
+    run_dir: Path,
+    callbacks: list[FederatedCallback] | None,
+    progress: bool,
+) -> tuple[FederatedTrainer, list[FederatedClient]]:
     strategy = create_strategy(config)
     clients = build_clients(config, data, splits, strategy)
     data_info = {
@@ -152,14 +263,20 @@ def fit(
         "regions": data.regions,
         "in_channels": data.in_channels,
         "sites": [s.name for s in data.sites],
+        "whole_images": data.whole_images,
     }
-    all_callbacks = [MetricsWriter(run_dir), CheckpointWriter(run_dir, config.to_dict(), data_info)]
+    all_callbacks = [
+        MetricsWriter(run_dir),
+        CheckpointWriter(run_dir, config.to_dict(), data_info, config.run.checkpoint_every),
+    ]
     if progress:
         all_callbacks.append(RoundProgress())
+    all_callbacks.append(PlotWriter(run_dir, data.class_names, config.run.log_images))
+    all_callbacks += create_loggers(
+        config.run.loggers, run_dir, config.to_dict(), data.class_names, config.run.log_images
+    )
     all_callbacks += list(callbacks or [])
-    trainer = FederatedTrainer(clients, strategy, config.train.rounds, all_callbacks)
-    result = trainer.fit(clients[0].get_weights())
-    return RunResult(config, data, run_dir, result)
+    return FederatedTrainer(clients, strategy, config.train.rounds, all_callbacks), clients
 
 
 def format_summary(result: FitResult, regions: list[str]) -> str:
@@ -170,7 +287,7 @@ def format_summary(result: FitResult, regions: list[str]) -> str:
         (f"test, last round ({len(result.history)})", result.test_last),
     ):
         rows = {**per_site, "mean": mean_over_sites(per_site)}
-        keys = [f"dice/{r}" for r in regions] + ["dice", "hd95"]
+        keys = [f"dice/{r}" for r in regions] + ["dice", "hd95", "assd"]
         headers = ["site"] + [k.replace("dice/", "dice ") for k in keys]
         widths = [max(8, *(len(n) for n in rows))] + [max(9, len(h)) for h in headers[1:]]
         lines.append(title)

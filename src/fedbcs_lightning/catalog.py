@@ -84,3 +84,23 @@ METHODS.register_lazy(
     "fedbcs_lightning.strategies.baselines:LocalOnly",
     "local: each site trains alone, no aggregation (a lower bound)",
 )
+METHODS.register_lazy(
+    "moon",
+    "fedbcs_lightning.strategies.moon:Moon",
+    "MOON: FedAvg + model-contrastive loss on the pooled bottleneck (moon.mu, moon.tau)",
+)
+METHODS.register_lazy(
+    "fpl",
+    "fedbcs_lightning.strategies.fpl:FPL",
+    "FPL: FedAvg + last-layer class prototypes, FINCH clusters, InfoNCE + MSE (fpl.tau)",
+)
+METHODS.register_lazy(
+    "harmofl",
+    "fedbcs_lightning.strategies.harmofl:HarmoFL",
+    "HarmoFL: local amplitude normalisation of inputs + weight perturbation (harmofl.alpha)",
+)
+METHODS.register_lazy(
+    "pooled",
+    "fedbcs_lightning.strategies.baselines:Pooled",
+    "pooled: all sites' training data in one model, evaluated per site (an upper bound)",
+)

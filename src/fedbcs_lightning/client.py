@@ -17,6 +17,7 @@ import torch
 from fedbcs_lightning.losses import segmentation_loss
 from fedbcs_lightning.metrics import evaluate
 from fedbcs_lightning.models.base import SegmentationBackbone
+from fedbcs_lightning.rng import loader_rng_state, restore_loader_rng
 from fedbcs_lightning.strategies.base import ClientHook, ClientUpdate, Instruction
 
 for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):
@@ -59,6 +60,7 @@ class SegmentationClientModule(L.LightningModule):
         self.optimizer_state: dict[str, Any] | None = None
         self.loss_sums: dict[str, float] = {}
         self.steps = 0
+        self._recorded_step: tuple[int, int] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
@@ -74,9 +76,12 @@ class SegmentationClientModule(L.LightningModule):
             losses.update(hook.extra_losses(self, batch, output))
         total = sum(losses.values())
         losses["total"] = total
-        for key, value in losses.items():
-            self.loss_sums[key] = self.loss_sums.get(key, 0.0) + float(value.detach())
-        self.steps += 1
+        step = (self.current_epoch, batch_idx)
+        if step != self._recorded_step:  # an optimiser may evaluate a batch twice
+            self._recorded_step = step
+            for key, value in losses.items():
+                self.loss_sums[key] = self.loss_sums.get(key, 0.0) + float(value.detach())
+            self.steps += 1
         self._last_output = (batch, output)
         return total
 
@@ -87,6 +92,13 @@ class SegmentationClientModule(L.LightningModule):
         del self._last_output
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        optimizer = self.build_optimizer()
+        for hook in self.hooks:
+            optimizer = hook.configure_optimizer(self, optimizer)
+        return optimizer
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The plain optimiser named by ``optimizer`` (hooks may wrap it)."""
         params = self.parameters()
         if self.optimizer_name == "sgd":
             return torch.optim.SGD(
@@ -148,7 +160,7 @@ class FederatedClient:
         self.load(instruction)
         for hook in self.module.hooks:
             hook.on_fit_start(self.module, instruction)
-        self.module.loss_sums, self.module.steps = {}, 0
+        self.module.loss_sums, self.module.steps, self.module._recorded_step = {}, 0, None
         trainer = L.Trainer(
             max_epochs=self.local_epochs,
             accelerator=self.accelerator,
@@ -184,9 +196,17 @@ class FederatedClient:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """Local state that must survive between rounds (optimiser, local weights)."""
-        return {"optimizer": self.module.optimizer_state, "weights": self.get_weights()}
+        """Local state that must survive between rounds (optimiser, local weights, hooks)."""
+        return {
+            "optimizer": self.module.optimizer_state,
+            "weights": self.get_weights(),
+            "hooks": [hook.state_dict() for hook in self.module.hooks],
+            "rng": loader_rng_state(self.loaders["train"]),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.module.optimizer_state = state["optimizer"]
         self.module.backbone.load_state_dict(state["weights"])
+        for hook, hook_state in zip(self.module.hooks, state["hooks"], strict=True):
+            hook.load_state_dict(hook_state)
+        restore_loader_rng(self.loaders["train"], state["rng"])

@@ -105,10 +105,39 @@ class FedProxConfig:
 
 
 @dataclass
+class MoonConfig:
+    """Options of method ``moon``."""
+
+    mu: float = 1.0  # weight of the model-contrastive loss
+    tau: float = 0.5  # temperature
+    projection_dim: int = 64  # output size of the projection head on the pooled bottleneck
+
+
+@dataclass
+class FPLConfig:
+    """Options of method ``fpl`` (prototypes of the last decoder layer)."""
+
+    tau: float = 0.02  # temperature of the cluster-prototype contrastive term
+    weight: float = 1.0  # weight of the prototype loss (contrastive + consistency)
+    max_anchors: int = 1024  # anchors per class and batch (random subset); 0 = all
+
+
+@dataclass
+class HarmoFLConfig:
+    """Options of method ``harmofl``."""
+
+    alpha: float = 0.05  # radius of the weight perturbation (gradient direction)
+    momentum: float = 0.1  # update rate of each site's running amplitude spectrum
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     output: str | None = None
     accelerator: str = "cpu"
+    loggers: list[str] = field(default_factory=list)  # experiment trackers: wandb, csv, tensorboard
+    log_images: int = 4  # validation images per site in logged overlays and plots (0 = none)
+    checkpoint_every: int = 1  # write the resumable state every N rounds (and at the end)
 
 
 @dataclass
@@ -119,6 +148,9 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     fedbcs: FedBCSConfig = field(default_factory=FedBCSConfig)
     fedprox: FedProxConfig = field(default_factory=FedProxConfig)
+    moon: MoonConfig = field(default_factory=MoonConfig)
+    fpl: FPLConfig = field(default_factory=FPLConfig)
+    harmofl: HarmoFLConfig = field(default_factory=HarmoFLConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -302,6 +334,10 @@ def validate(config: Config) -> None:
     _choice(config.train.optimizer, OPTIMIZERS, "train.optimizer")
     _choice(config.model.norm, NORMS, "model.norm")
     _choice(config.run.accelerator, ACCELERATORS, "run.accelerator")
+    _check_loggers(config.run.loggers)
+    _positive(config, "run.checkpoint_every")
+    if config.run.log_images < 0:
+        raise ConfigError(f"run.log_images: must be >= 0, got {config.run.log_images}")
     _positive(
         config,
         "train.rounds",
@@ -339,12 +375,25 @@ def validate(config: Config) -> None:
     _positive(config, "fedbcs.tau", "fedbcs.prototype_dim", "fedbcs.fsr_bands")
     if config.fedprox.mu < 0:
         raise ConfigError(f"fedprox.mu: must be >= 0, got {config.fedprox.mu}")
+    _positive(config, "moon.tau", "moon.projection_dim", "fpl.tau")
+    for key in ("moon.mu", "fpl.weight", "fpl.max_anchors", "harmofl.alpha"):
+        if _get(config, key) < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {_get(config, key)}")
+    if not 0.0 < config.harmofl.momentum <= 1.0:
+        raise ConfigError(f"harmofl.momentum: must lie in (0, 1], got {config.harmofl.momentum}")
     if fb.max_anchors < 0:
         raise ConfigError(f"fedbcs.max_anchors: must be >= 0 (0 = all), got {fb.max_anchors}")
     if fb.weight < 0:
         raise ConfigError(f"fedbcs.weight: must be >= 0, got {fb.weight}")
     if config.train.weight_decay < 0 or config.data.synthetic.style_strength < 0:
         raise ConfigError("train.weight_decay and data.synthetic.style_strength must be >= 0")
+
+
+def _check_loggers(names: list[str]) -> None:
+    from fedbcs_lightning.callbacks.loggers import LOGGERS
+
+    for name in names:
+        _choice(name, LOGGERS, "run.loggers")
 
 
 def _get(config: Any, dotted: str) -> Any:

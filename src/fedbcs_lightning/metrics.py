@@ -1,16 +1,18 @@
 """Evaluation: the one function that scores a model on images, used everywhere.
 
 Dice is computed per image and region and averaged over the site's images; a region
-absent from both prediction and ground truth scores 1. HD95 (95th-percentile symmetric
-Hausdorff distance, in pixels) comes from MONAI and is averaged over images where both
-prediction and ground truth contain the region.
+absent from both prediction and ground truth scores 1. The surface metrics come from
+MONAI, in pixels, and are averaged over images where both prediction and ground truth
+contain the region: HD95 (95th-percentile symmetric Hausdorff distance) and ASSD (average
+symmetric surface distance: the mean, over the boundary pixels of both masks, of the
+distance to the other mask's boundary).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -26,12 +28,14 @@ def dice_per_image(pred: torch.Tensor, target: torch.Tensor, labels: list[int]) 
     return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
 
 
-def hd95_per_image(pred: torch.Tensor, target: torch.Tensor, labels: list[int]) -> list[float]:
-    """HD95 per image (NaN where prediction or ground truth lacks the region)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        from monai.metrics import compute_hausdorff_distance
-
+def _surface_per_image(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    labels: list[int],
+    distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> list[float]:
+    """``distance(pred, target)`` on ``(1, 1, H, W)`` region masks, per image of a batch
+    (NaN where prediction or ground truth lacks the region)."""
     values = torch.tensor(labels, device=pred.device)
     p = torch.isin(pred, values)
     t = torch.isin(target, values)
@@ -42,14 +46,50 @@ def hd95_per_image(pred: torch.Tensor, target: torch.Tensor, labels: list[int]) 
             continue
         with warnings.catch_warnings():  # MONAI's own deprecation notices, not ours
             warnings.simplefilter("ignore", FutureWarning)
-            d = compute_hausdorff_distance(
-                pi[None, None].float(),
-                ti[None, None].float(),
-                include_background=True,
-                percentile=95,
-            )
+            d = distance(pi[None, None].float(), ti[None, None].float())
         out.append(float(d.item()))
     return out
+
+
+def _monai_metrics():
+    """``monai.metrics``, imported without MONAI's own deprecation notices."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        from monai import metrics
+
+    return metrics
+
+
+def hd95_per_image(pred: torch.Tensor, target: torch.Tensor, labels: list[int]) -> list[float]:
+    """HD95 per image (NaN where prediction or ground truth lacks the region)."""
+    compute = _monai_metrics().compute_hausdorff_distance
+    return _surface_per_image(
+        pred,
+        target,
+        labels,
+        lambda p, t: compute(p, t, include_background=True, percentile=95),
+    )
+
+
+def assd_per_image(pred: torch.Tensor, target: torch.Tensor, labels: list[int]) -> list[float]:
+    """Average symmetric surface distance per image, in pixels (NaN where prediction or
+    ground truth lacks the region).
+
+    >>> target = torch.zeros(1, 8, 8, dtype=torch.long); target[0, 2:6, 2] = 1
+    >>> assd_per_image(torch.roll(target, 3, dims=2), target, [1])
+    [3.0]
+    """
+    compute = _monai_metrics().compute_average_surface_distance
+    return _surface_per_image(
+        pred,
+        target,
+        labels,
+        lambda p, t: compute(p, t, include_background=True, symmetric=True),
+    )
+
+
+#: Surface metrics reported by :func:`evaluate` with ``surface_metrics=True``.
+SURFACE_METRICS = {"hd95": hd95_per_image, "assd": assd_per_image}
 
 
 def predict_logits(
@@ -77,7 +117,8 @@ def evaluate(
     """Score ``model`` on ``(image, mask)`` batches.
 
     Returns ``dice/<region>`` per region, ``dice`` (their mean) and, with
-    ``surface_metrics``, ``hd95/<region>`` and ``hd95``. With ``window``, images are
+    ``surface_metrics``, ``hd95/<region>``, ``hd95``, ``assd/<region>`` and ``assd``
+    (each the mean over the regions where it is defined). With ``window``, images are
     predicted with overlapping ``window`` x ``window`` tiles (MONAI's sliding-window
     inference, Gaussian blending), so whole images of any size can be scored.
 
@@ -97,25 +138,31 @@ def evaluate(
     if device is None:
         device = next(model.parameters(), torch.empty(0)).device
     dice: dict[str, list[float]] = {name: [] for name in regions}
-    hd95: dict[str, list[float]] = {name: [] for name in regions}
+    surface = {metric: {name: [] for name in regions} for metric in SURFACE_METRICS}
     try:
         for images, masks in batches:
             pred = predict_logits(model, images.to(device), window).argmax(1).cpu()
             for name, labels in regions.items():
                 dice[name].extend(dice_per_image(pred, masks, labels).tolist())
                 if surface_metrics:
-                    hd95[name].extend(hd95_per_image(pred, masks, labels))
+                    for metric, per_image in SURFACE_METRICS.items():
+                        surface[metric][name].extend(per_image(pred, masks, labels))
     finally:
         model.train(was_training)
     scores = {f"dice/{name}": float(np.mean(v)) for name, v in dice.items()}
     scores["dice"] = float(np.mean([scores[f"dice/{n}"] for n in regions]))
     if surface_metrics:
-        for name, values in hd95.items():
-            finite = [v for v in values if math.isfinite(v)]
-            scores[f"hd95/{name}"] = float(np.mean(finite)) if finite else math.nan
-        finite = [scores[f"hd95/{n}"] for n in regions if math.isfinite(scores[f"hd95/{n}"])]
-        scores["hd95"] = float(np.mean(finite)) if finite else math.nan
+        for metric, per_region in surface.items():
+            for name, values in per_region.items():
+                scores[f"{metric}/{name}"] = _finite_mean(values)
+            scores[metric] = _finite_mean([scores[f"{metric}/{n}"] for n in regions])
     return scores
+
+
+def _finite_mean(values: Iterable[float]) -> float:
+    """Mean of the finite values; NaN when there are none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
 
 
 def mean_over_sites(per_site: Mapping[str, Mapping[str, float]]) -> dict[str, float]:

@@ -29,9 +29,10 @@ class FitResult:
 class FederatedTrainer:
     """Runs ``rounds`` rounds over ``clients`` with ``strategy``.
 
-    The model selected for the final report is the round with the best mean validation
-    Dice over sites; the last round is reported beside it. Test data is used only at the
-    end.
+    Each round, the clients the strategy configures (all, by default) train, and those it
+    configures for evaluation are scored. The model selected for the final report is the
+    round with the best mean validation Dice over sites; the last round is reported beside
+    it. Test data is used only at the end.
 
     Example
     -------
@@ -54,6 +55,7 @@ class FederatedTrainer:
         self.callbacks = list(callbacks or [])
         self.selection_metric = selection_metric
         self.server_round = 0
+        self.round_clients: list[str] = list(self.clients)  # the clients training this round
         self.history: list[dict[str, Any]] = []
 
     def _call(self, hook: str, *args: Any) -> None:
@@ -64,28 +66,34 @@ class FederatedTrainer:
         names = list(self.clients)
         instructions = self.strategy.configure_evaluate(self.server_round, weights, names)
         per_site = {
-            name: self.clients[name].evaluate(instructions[name], split, surface_metrics)
-            for name in names
+            name: self.clients[name].evaluate(instruction, split, surface_metrics)
+            for name, instruction in instructions.items()
         }
         return per_site, self.strategy.aggregate_evaluate(self.server_round, per_site)
 
     def fit(self, weights: Weights) -> FitResult:
+        """Train from ``weights``, or, after :meth:`load_state_dict`, from where the saved
+        run stopped (``weights`` is then ignored)."""
         names = list(self.clients)
-        best_score, best_round, best_weights = -float("inf"), 0, copy.deepcopy(weights)
+        if self.server_round == 0:
+            self.weights = weights
+            self.best_score, self.best_round = -float("inf"), 0
+            self.best_weights = copy.deepcopy(weights)
         self._call("on_fit_start")
-        for server_round in range(1, self.rounds + 1):
+        for server_round in range(self.server_round + 1, self.rounds + 1):
             self.server_round = server_round
+            instructions = self.strategy.configure_train(server_round, self.weights, names)
+            self.round_clients = list(instructions)
             self._call("on_round_start", server_round)
-            instructions = self.strategy.configure_train(server_round, weights, names)
             updates = []
-            for name in names:
+            for name, instruction in instructions.items():
                 self._call("on_client_fit_start", server_round, name)
-                update = self.clients[name].fit(instructions[name])
+                update = self.clients[name].fit(instruction)
                 updates.append(update)
                 self._call("on_client_fit_end", server_round, update)
-            weights, aggregate_metrics = self.strategy.aggregate_train(server_round, updates)
+            self.weights, aggregate_metrics = self.strategy.aggregate_train(server_round, updates)
             self._call("on_aggregate_end", server_round, aggregate_metrics)
-            per_site, mean = self.evaluate(weights, "val")
+            per_site, mean = self.evaluate(self.weights, "val")
             record = {
                 "round": server_round,
                 "train": {u.client: u.metrics for u in updates},
@@ -93,18 +101,66 @@ class FederatedTrainer:
                 "val": {"sites": per_site, "mean": mean},
             }
             self.history.append(record)
-            if mean[self.selection_metric] > best_score:
-                best_score, best_round = mean[self.selection_metric], server_round
-                best_weights = copy.deepcopy(weights)
+            if mean[self.selection_metric] > self.best_score:
+                self.best_score, self.best_round = mean[self.selection_metric], server_round
+                self.best_weights = copy.deepcopy(self.weights)
             self._call("on_round_end", server_round, record)
-        test_last, _ = self.evaluate(weights, "test", surface_metrics=True)
+        test_last, _ = self.evaluate(self.weights, "test", surface_metrics=True)
         test_selected = (
             test_last
-            if best_round == self.rounds
-            else self.evaluate(best_weights, "test", surface_metrics=True)[0]
+            if self.best_round == self.server_round
+            else self.evaluate(self.best_weights, "test", surface_metrics=True)[0]
         )
         result = FitResult(
-            best_round, test_selected, test_last, self.history, best_weights, weights
+            self.best_round,
+            test_selected,
+            test_last,
+            self.history,
+            self.best_weights,
+            self.weights,
         )
         self._call("on_fit_end", result)
         return result
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue after the current round exactly as an
+        uninterrupted run would: global and selected weights, history, each client's local
+        state, the strategy's and the callbacks' state, and the random generators."""
+        from fedbcs_lightning.rng import global_rng_state
+
+        return {
+            "round": self.server_round,
+            "weights": self.weights,
+            "best": {
+                "score": self.best_score,
+                "round": self.best_round,
+                "weights": self.best_weights,
+            },
+            "history": self.history,
+            "clients": {name: client.state_dict() for name, client in self.clients.items()},
+            "strategy": self.strategy.state_dict(),
+            "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks},
+            "rng": global_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the next :meth:`fit` continues with the next round."""
+        from fedbcs_lightning.rng import restore_global_rng
+
+        missing = sorted(set(self.clients) - set(state["clients"]))
+        if missing:
+            raise ValueError(f"the checkpoint has no state for clients {missing}")
+        self.server_round = state["round"]
+        self.weights = state["weights"]
+        best = state["best"]
+        self.best_score, self.best_round = best["score"], best["round"]
+        self.best_weights = best["weights"]
+        self.history = list(state["history"])
+        for name, client in self.clients.items():
+            client.load_state_dict(state["clients"][name])
+        self.strategy.load_state_dict(state["strategy"])
+        for callback in self.callbacks:
+            saved = state["callbacks"].get(type(callback).__name__)
+            if saved is not None:
+                callback.load_state_dict(saved)
+        restore_global_rng(state["rng"])

@@ -170,3 +170,10 @@ def test_fit_on_real_nuclei_sites_reports_each_site(shared_datasets, tmp_path):
     for site in ("cpm15", "kumar", "tnbc"):
         assert site in result.output
     assert "dice nucleus" in result.output
+
+
+def test_fit_reads_the_cache_it_is_given(tmp_path):
+    missing = tmp_path / "nowhere.h5"
+    result = runner.invoke(app, ["fit", "--dataset", "fundus", "--cache", str(missing)])
+    assert result.exit_code == 1
+    assert str(missing) in result.output and "Traceback" not in result.output

@@ -58,6 +58,23 @@ class TestBackboneContract:
         with pytest.raises(ValueError, match="does not exist"):
             net.set_encoder_transform(len(net.encoder_channels), Zero())
 
+    def test_input_transform_sees_the_input_first(self, name):
+        net = build(name).eval()
+        seen = []
+
+        class Record(nn.Module):
+            def forward(self, x):
+                seen.append(x)
+                return torch.zeros_like(x)
+
+        x = torch.randn(1, 3, 64, 64)
+        before = net(x)
+        net.set_input_transform(Record())
+        after = net(x)
+        assert len(seen) == 1 and torch.equal(seen[0], x)
+        assert torch.allclose(after, net(torch.zeros_like(x)))
+        assert not torch.allclose(after, before)
+
     def test_bad_input_size_says_how_to_fix(self, name):
         net = build(name)
         with pytest.raises(ValueError, match="not a multiple of"):

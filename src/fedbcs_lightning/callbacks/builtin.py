@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fedbcs_lightning.callbacks.base import FederatedCallback
-from fedbcs_lightning.io import atomic_torch_save, atomic_write_json
+from fedbcs_lightning.io import atomic_torch_save, atomic_write_json, atomic_write_text
 
 
 class MetricsWriter(FederatedCallback):
@@ -23,10 +23,27 @@ class MetricsWriter(FederatedCallback):
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.summary_path = Path(run_dir) / "summary.json"
+        self.resume_round: int | None = None
+        self.last_round = 0
 
     def on_fit_start(self, trainer: Any) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("")
+        if self.resume_round is None:
+            self.path.write_text("")
+            return
+        # Resumed: keep the rows up to the checkpoint's round, drop any written after it.
+        kept = [
+            line
+            for line in self.path.read_text().splitlines()
+            if line and json.loads(line)["round"] <= self.resume_round
+        ]
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"round": self.last_round}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.resume_round = state["round"]
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         with self.path.open("a") as handle:
@@ -46,6 +63,7 @@ class MetricsWriter(FederatedCallback):
         if record["aggregate"]:
             rows.append({"round": server_round, "split": "server", **record["aggregate"]})
         self._write(rows)
+        self.last_round = server_round
 
     def on_fit_end(self, trainer: Any, result: Any) -> None:
         from fedbcs_lightning.metrics import mean_over_sites
@@ -60,33 +78,56 @@ class MetricsWriter(FederatedCallback):
 
 
 class CheckpointWriter(FederatedCallback):
-    """Saves the global weights at the end: ``checkpoints/last.pt`` and ``selected.pt``
-    (the round chosen on validation). Writes are atomic."""
+    """Writes ``checkpoints/state.pt`` (everything needed to resume: see
+    :meth:`FederatedTrainer.state_dict`) every ``every`` rounds and after the last, and at
+    the end the global weights as ``checkpoints/last.pt`` and ``selected.pt`` (the round
+    chosen on validation). Every checkpoint holds the resolved config, the data set's
+    description and the library versions. Writes are atomic."""
 
     def __init__(
-        self, run_dir: str | Path, config: dict[str, Any], data_info: dict[str, Any]
+        self,
+        run_dir: str | Path,
+        config: dict[str, Any],
+        data_info: dict[str, Any],
+        every: int = 1,
     ) -> None:
         self.dir = Path(run_dir) / "checkpoints"
         self.config = config
         self.data_info = data_info
+        self.every = every
+
+    def _metadata(self) -> dict[str, Any]:
+        return {"config": self.config, "data": self.data_info, "versions": versions()}
 
     def _save(self, name: str, weights: Any, server_round: int) -> None:
-        from fedbcs_lightning import __version__
-
         atomic_torch_save(
-            self.dir / name,
-            {
-                "state_dict": weights,
-                "round": server_round,
-                "config": self.config,
-                "data": self.data_info,
-                "version": __version__,
-            },
+            self.dir / name, {"state_dict": weights, "round": server_round, **self._metadata()}
         )
 
+    def on_round_end(self, trainer: Any, server_round: int, record: dict[str, Any]) -> None:
+        if server_round % self.every == 0 or server_round == trainer.rounds:
+            state = trainer.state_dict()
+            atomic_torch_save(
+                self.dir / "state.pt",
+                {"state_dict": state["weights"], "trainer": state, **self._metadata()},
+            )
+
     def on_fit_end(self, trainer: Any, result: Any) -> None:
-        self._save("last.pt", result.last_weights, trainer.rounds)
+        self._save("last.pt", result.last_weights, trainer.server_round)
         self._save("selected.pt", result.selected_weights, result.best_round)
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries that shape a run's numbers."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("fedbcs-lightning", "torch", "lightning", "segmentation-models-pytorch"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "not installed"
+    return out
 
 
 class RoundProgress(FederatedCallback):
@@ -118,7 +159,7 @@ class RoundProgress(FederatedCallback):
 
     def on_round_start(self, trainer: Any, server_round: int) -> None:
         if self._progress:
-            self._progress.reset(self._clients, total=len(trainer.clients))
+            self._progress.reset(self._clients, total=len(trainer.round_clients))
 
     def on_client_fit_end(self, trainer: Any, server_round: int, update: Any) -> None:
         if self._progress:

@@ -41,8 +41,9 @@ class BackboneOutput:
 class SegmentationBackbone(nn.Module):
     """Base class: implement ``forward_features`` and set the channel/stride attributes.
 
-    Subclasses call :meth:`apply_encoder_transform` on each encoder level's feature before
-    it feeds the next level and the skip connection.
+    Subclasses call :meth:`apply_input_transform` on the input (after :meth:`check_input`)
+    and :meth:`apply_encoder_transform` on each encoder level's feature before it feeds the
+    next level and the skip connection. Methods insert their layers at these two points.
     """
 
     encoder_channels: tuple[int, ...]
@@ -58,6 +59,7 @@ class SegmentationBackbone(nn.Module):
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.encoder_transforms = nn.ModuleDict()
+        self.input_transform: nn.Module | None = None
 
     @classmethod
     def from_config(cls, config: ModelConfig, in_channels: int, num_classes: int):
@@ -78,6 +80,13 @@ class SegmentationBackbone(nn.Module):
                 f"0..{len(self.encoder_channels) - 1}"
             )
         self.encoder_transforms[str(level)] = module
+
+    def set_input_transform(self, module: nn.Module) -> None:
+        """Insert ``module`` before the first layer (e.g. HarmoFL's amplitude normalisation)."""
+        self.input_transform = module
+
+    def apply_input_transform(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.input_transform is None else self.input_transform(x)
 
     def apply_encoder_transform(self, level: int, feature: torch.Tensor) -> torch.Tensor:
         module = (

@@ -85,6 +85,7 @@ class SmpUNet(SegmentationBackbone):
 
     def forward_features(self, x: torch.Tensor) -> BackboneOutput:
         self.check_input(x)
+        x = self.apply_input_transform(x)
         self._captured = []
         features = self.net.encoder(x)
         decoded = self.net.decoder(features)

@@ -75,6 +75,7 @@ class UNet(SegmentationBackbone):
 
     def forward_features(self, x: torch.Tensor) -> BackboneOutput:
         self.check_input(x)
+        x = self.apply_input_transform(x)
         encoder = []
         for level, block in enumerate(self.down):
             x = self.apply_encoder_transform(level, block(x))

@@ -39,6 +39,10 @@ class ClientUpdate:
 class ClientHook:
     """Client-side part of a method. Every hook is a no-op; override what you need."""
 
+    def configure_optimizer(self, module: Any, optimizer: Any) -> Any:
+        """Wrap or replace the client's optimiser (e.g. weight perturbation)."""
+        return optimizer
+
     def on_fit_start(self, module: Any, instruction: Instruction) -> None:
         """Before local training, with what the server sent."""
 
@@ -52,6 +56,13 @@ class ClientHook:
     def on_fit_end(self, module: Any) -> dict[str, Any]:
         """After local training; returns the payload uploaded beside the weights."""
         return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Client-side state that must outlive a round (kept in resumable checkpoints)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
 
 
 def weighted_average(
@@ -89,6 +100,8 @@ class Strategy:
     """
 
     name = "base"
+    #: With True, the federation gets one extra client that trains on every site's data.
+    pools_training_data = False
 
     def configure_backbone(self, backbone: Any) -> Any:
         """Add the method's layers to a freshly built backbone (e.g. FSR, fusion heads)."""

@@ -1,4 +1,4 @@
-"""Baselines on the same strategy API: FedProx, FedBN and local training.
+"""Baselines on the same strategy API: FedProx, FedBN, local and pooled training.
 
 Each is a server-side strategy plus, where the method needs one, a client hook; none
 touches the federated loop.
@@ -64,26 +64,23 @@ class FedProx(FedAvg):
         return [ProximalTerm(self.mu)]
 
 
-class FedBN(FedAvg):
-    """FedAvg that keeps BatchNorm weights and statistics local (Li et al., ICLR 2021).
-
-    The server never sends or averages BatchNorm tensors; each site evaluates with its
-    own. The global weights it keeps hold the first client's BatchNorm tensors so that a
-    checkpoint is a complete model.
-    """
-
-    name = "fedbn"
+class PartlyLocal(FedAvg):
+    """FedAvg over every tensor except those :meth:`local_modules` names: those stay with
+    each site, are never sent or averaged, and each site evaluates with its own. The
+    global weights keep the first client's local tensors so that a checkpoint is a
+    complete model."""
 
     def __init__(self) -> None:
         super().__init__()
         self.local_prefixes: tuple[str, ...] = ()
 
+    def local_modules(self, backbone: nn.Module) -> list[str]:
+        """Names of the modules whose tensors stay local."""
+        return []
+
     def configure_backbone(self, backbone: Any) -> Any:
-        self.local_prefixes = tuple(
-            f"{name}."
-            for name, module in backbone.named_modules()
-            if isinstance(module, nn.modules.batchnorm._BatchNorm)
-        )
+        backbone = super().configure_backbone(backbone)
+        self.local_prefixes = tuple(f"{name}." for name in self.local_modules(backbone))
         return backbone
 
     def is_local(self, key: str) -> bool:
@@ -107,6 +104,19 @@ class FedBN(FedAvg):
         return weights, {}
 
 
+class FedBN(PartlyLocal):
+    """FedAvg that keeps BatchNorm weights and statistics local (Li et al., ICLR 2021)."""
+
+    name = "fedbn"
+
+    def local_modules(self, backbone: nn.Module) -> list[str]:
+        return [
+            name
+            for name, module in backbone.named_modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        ]
+
+
 class LocalOnly(FedAvg):
     """Every site trains alone: nothing is averaged. The "global" weights are the
     clients' own, stored under ``<client>/<key>`` and handed back to each client."""
@@ -128,3 +138,35 @@ class LocalOnly(FedAvg):
         self, server_round: int, updates: list[ClientUpdate]
     ) -> tuple[Weights, dict[str, float]]:
         return {f"{u.client}/{k}": v for u in updates for k, v in u.weights.items()}, {}
+
+
+POOLED_CLIENT = "pooled"
+
+
+class Pooled(FedAvg):
+    """All sites' training data in one client: the centralised upper bound (it ignores
+    the privacy constraint that motivates federated learning). The model is evaluated on
+    each site's validation and test data as usual.
+
+    ``pools_training_data`` asks :func:`fedbcs_lightning.api.build_clients` for one extra
+    client, ``"pooled"``, that trains on the union of the sites' training sets; the site
+    clients only evaluate.
+    """
+
+    name = "pooled"
+    pools_training_data = True
+
+    def configure_train(self, server_round: int, weights: Weights, clients: list[str]):
+        if POOLED_CLIENT not in clients:
+            raise ValueError(f"method pooled needs a client named {POOLED_CLIENT!r}")
+        return {POOLED_CLIENT: Instruction(weights, {"round": server_round})}
+
+    def configure_evaluate(self, server_round: int, weights: Weights, clients: list[str]):
+        return {
+            c: Instruction(weights, {"round": server_round}) for c in clients if c != POOLED_CLIENT
+        }
+
+    def aggregate_train(
+        self, server_round: int, updates: list[ClientUpdate]
+    ) -> tuple[Weights, dict[str, float]]:
+        return dict(updates[0].weights), {}

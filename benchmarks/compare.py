@@ -1,0 +1,163 @@
+"""Compare federated methods on one data set: per-site test Dice, a table and a plot.
+
+Every method trains the same federation (same data, splits, initial weights and
+hyper-parameters per seed). Reported per site: test Dice (mean over the data set's
+regions) of the model selected on validation and of the last round, mean ± std over
+seeds, and the mean over sites. Writes ``compare-<dataset>.md`` (the table),
+``compare-<dataset>.png`` (validation curves and test Dice per method) and
+``compare-<dataset>.json`` (every number, rewritten after each run) to ``--out``.
+
+    python benchmarks/compare.py --dataset synthetic --seeds 0 1 2
+    python benchmarks/compare.py --dataset nuclei --data-root ../shared/datasets/nuclei
+    python benchmarks/compare.py --quick       # 32x32, 2 rounds, seed 0, 3 methods
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from common import emit, markdown_table, mean_std, parser
+
+from fedbcs_lightning.api import fit
+from fedbcs_lightning.catalog import METHODS
+from fedbcs_lightning.config import parse_override, resolve
+from fedbcs_lightning.io import atomic_write_json, atomic_write_text
+from fedbcs_lightning.metrics import mean_over_sites
+
+ORDER = ["local", "fedavg", "fedprox", "fedbn", "moon", "harmofl", "fpl", "fedbcs", "pooled"]
+
+
+def run_method(method: str, seed: int, args) -> dict:
+    options = {
+        "data": {"name": args.dataset, "image_size": args.image_size},
+        "model": {"width": args.width},
+        "train": {"method": method, "rounds": args.rounds},
+        "run": {"seed": seed},
+    }
+    if args.data_root:
+        options["data"]["root"] = str(args.data_root)
+    config = resolve(overrides=args.set, options=options)
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        result = fit(config, run_dir=tmp, progress=False).result
+        seconds = time.perf_counter() - started
+    return {
+        "selected": {s: m["dice"] for s, m in result.test_selected.items()},
+        "last": {s: m["dice"] for s, m in result.test_last.items()},
+        "mean_selected": mean_over_sites(result.test_selected)["dice"],
+        "mean_last": mean_over_sites(result.test_last)["dice"],
+        "best_round": result.best_round,
+        "val_curve": [r["val"]["mean"]["dice"] for r in result.history],
+        "seconds": seconds,
+    }
+
+
+def table(results: dict[str, list[dict]]) -> str:
+    methods = list(results)
+    sites = list(results[methods[0]][0]["selected"])
+    base = results.get("fedavg")
+    rows = []
+    for method in methods:
+        runs = results[method]
+        for kind in ("selected", "last"):
+            cells = [mean_std([r[kind][site] for r in runs]) for site in sites]
+            means = [r[f"mean_{kind}"] for r in runs]
+            gain = ""
+            if base is not None:
+                ref = [r[f"mean_{kind}"] for r in base]
+                gain = f"{100 * (statistics.mean(means) - statistics.mean(ref)):+.1f}"
+            seconds = f"{statistics.median(r['seconds'] for r in runs):.0f}"
+            rows.append([method, kind, *cells, mean_std(means), gain, seconds])
+    headers = ["method", "model", *sites, "mean over sites", "vs fedavg (points)", "run time (s)"]
+    return markdown_table(headers, rows)
+
+
+def ordering(results: dict[str, list[dict]], kind: str = "selected") -> str:
+    means = {m: statistics.mean(r[f"mean_{kind}"] for r in runs) for m, runs in results.items()}
+    ranked = sorted(means, key=means.get, reverse=True)
+    return " > ".join(f"{m} ({100 * means[m]:.1f})" for m in ranked)
+
+
+def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(results)
+    fig, (curves, bars) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for method in methods:
+        runs = results[method]
+        curves_of_seeds = [r["val_curve"] for r in runs]
+        curve = [statistics.mean(values) for values in zip(*curves_of_seeds, strict=True)]
+        curves.plot(range(1, len(curve) + 1), curve, label=method)
+    curves.set(xlabel="round", ylabel="validation Dice (mean over sites)", title="validation")
+    curves.legend(fontsize=8)
+    sites = list(results[methods[0]][0]["selected"])
+    width = 0.8 / len(sites)
+    for k, site in enumerate(sites):
+        means = [statistics.mean(r["selected"][site] for r in results[m]) for m in methods]
+        xs = [i + (k - (len(sites) - 1) / 2) * width for i in range(len(methods))]
+        bars.bar(xs, means, width, label=site)
+    overall = [statistics.mean(r["mean_selected"] for r in results[m]) for m in methods]
+    bars.scatter(range(len(methods)), overall, color="black", zorder=3, label="mean")
+    bars.set_xticks(range(len(methods)), methods, rotation=30)
+    bars.set(ylabel="test Dice (selected on validation)", title="test, per site")
+    bars.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="synthetic")
+    p.add_argument("--data-root", type=Path, default=None)
+    p.add_argument("--methods", nargs="+", default=None, help="default: every method")
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--set", action="append", default=[], help="config override key=value")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = p.parse_args()
+    for override in args.set:
+        parse_override(override)  # fail before any training
+    args.image_size = args.image_size or (32 if args.quick else 64)
+    args.rounds = args.rounds or (2 if args.quick else 20)
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    known = [m for m in ORDER if m in METHODS.names()]
+    known += [m for m in METHODS.names() if m not in known]
+    methods = args.methods or (["fedavg", "fpl", "fedbcs"] if args.quick else known)
+    for method in methods:
+        METHODS.check(method)
+    stem = args.out / f"compare-{args.dataset}"
+    results: dict[str, list[dict]] = {}
+    for method in methods:
+        for seed in seeds:
+            results.setdefault(method, []).append(run_method(method, seed, args))
+            atomic_write_json(stem.with_suffix(".json"), {"seeds": seeds, "results": results})
+    header = (
+        f"{args.dataset}, {args.image_size}x{args.image_size}, U-Net width {args.width}, "
+        f"{args.rounds} rounds x 1 local epoch, seeds {seeds}"
+        + (f", overrides {args.set}" if args.set else "")
+        + "; test Dice (mean over regions) per site, mean ± std over seeds"
+    )
+    text = (
+        f"{header}\n\n{table(results)}\n\n"
+        f"ordering (selected on validation): {ordering(results)}\n\n"
+        f"ordering (last round): {ordering(results, 'last')}"
+    )
+    atomic_write_text(stem.with_suffix(".md"), text + "\n")
+    plot(results, stem.with_suffix(".png"), header)
+    emit(args, {"header": header, "seeds": seeds, "results": results}, [text])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Exact resume: a run killed mid-way and resumed ends bitwise identical to one that
+was never interrupted."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fedbcs_lightning.api import ResumeError, fit, resume
+from fedbcs_lightning.config import resolve
+
+SETS = [
+    "model.width=4",
+    "data.synthetic.sites=2",
+    "data.synthetic.images_per_site=8",
+    "train.batch_size=4",
+    "run.log_images=0",
+]
+OPTIONS = {
+    "data": {"name": "synthetic", "image_size": 32},
+    "train": {"method": "fedbcs", "rounds": 4},
+}
+
+
+def _config(rounds=4, method="fedbcs"):
+    options = {**OPTIONS, "train": {"method": method, "rounds": rounds}}
+    return resolve(overrides=SETS, options=options)
+
+
+def _cli(run_dir, *extra):
+    command = [sys.executable, "-m", "fedbcs_cli.main", "fit", *extra]
+    if not extra or extra[0] != "--resume":
+        command += ["--dataset", "synthetic", "--method", "fedbcs", "--rounds", "4"]
+        command += ["--image-size", "32", "--output", str(run_dir)]
+        command += [arg for s in SETS for arg in ("--set", s)]
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "offline"}
+    return command, env
+
+
+def _saved_round(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)["trainer"]["round"]
+    except Exception:  # being replaced right now
+        return 0
+
+
+def _rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_killed_and_resumed_run_is_bitwise_identical(tmp_path):
+    reference = fit(_config(), run_dir=tmp_path / "reference", progress=False)
+
+    run_dir = tmp_path / "killed"
+    command, env = _cli(run_dir)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    state = run_dir / "checkpoints" / "state.pt"
+    deadline = time.monotonic() + 300
+    while not (state.is_file() and _saved_round(state) >= 2):
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.kill()  # SIGKILL: no clean-up runs
+    process.wait()
+    killed_at = _saved_round(state)
+    assert 2 <= killed_at < 4
+    assert not (run_dir / "checkpoints" / "last.pt").exists()
+
+    command, env = _cli(run_dir, "--resume", str(run_dir))
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+    resumed = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["state_dict"]
+    expected = reference.result.last_weights
+    assert resumed.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(resumed[key], value), key
+    assert _rows(run_dir) == _rows(tmp_path / "reference")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary == json.loads((tmp_path / "reference" / "summary.json").read_text())
+
+
+def test_resume_extends_a_finished_run_and_refuses_without_more_rounds(tmp_path):
+    fit(_config(rounds=1, method="fedavg"), run_dir=tmp_path, progress=False)
+    with pytest.raises(ResumeError, match="already finished round 1 of 1"):
+        resume(tmp_path, progress=False)
+    run = resume(tmp_path, rounds=2, progress=False)
+    assert [r["round"] for r in run.result.history] == [1, 2]
+    straight = fit(
+        _config(rounds=2, method="fedavg"), run_dir=tmp_path / "straight", progress=False
+    )
+    for key, value in straight.result.last_weights.items():
+        assert torch.equal(run.result.last_weights[key], value), key
+
+
+def test_resume_errors_name_the_problem(tmp_path):
+    with pytest.raises(ResumeError, match="state.pt does not exist"):
+        resume(tmp_path, progress=False)
+    state = tmp_path / "checkpoints" / "state.pt"
+    state.parent.mkdir(parents=True)
+    state.write_bytes(b"not a checkpoint")
+    with pytest.raises(ResumeError, match="damaged"):
+        resume(tmp_path, progress=False)
+
+
+def test_cli_resume_refuses_other_options(tmp_path):
+    from fedbcs_cli.main import app
+
+    result = CliRunner().invoke(app, ["fit", "--resume", str(tmp_path), "--method", "fedavg"])
+    assert result.exit_code == 2
+    assert "drop --method" in result.output

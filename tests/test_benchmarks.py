@@ -1,0 +1,47 @@
+"""The comparison script's table, ordering and plot (on made-up results; training is
+covered elsewhere)."""
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def compare(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = importlib.import_module("compare")
+    yield module
+    sys.modules.pop("compare", None)
+
+
+def _run(a, b, mean):
+    return {
+        "selected": {"s1": a, "s2": b},
+        "last": {"s1": a - 0.1, "s2": b - 0.1},
+        "mean_selected": mean,
+        "mean_last": mean - 0.1,
+        "val_curve": [0.1, mean],
+        "seconds": 10.0,
+    }
+
+
+def test_table_ordering_and_plot(compare, tmp_path):
+    results = {
+        "fedavg": [_run(0.5, 0.7, 0.6), _run(0.3, 0.5, 0.4)],
+        "fedbcs": [_run(0.8, 0.6, 0.7), _run(0.6, 0.8, 0.7)],
+    }
+    table = compare.table(results).splitlines()
+    assert table[0].startswith("| method | model | s1 | s2 | mean over sites |")
+    assert (
+        table[2] == "| fedavg | selected | 0.4000 ± 0.1414 | 0.6000 ± 0.1414 | "
+        "0.5000 ± 0.1414 | +0.0 | 10 |"
+    )
+    assert table[4].startswith("| fedbcs | selected | 0.7000 ± 0.1414 | 0.7000 ± 0.1414 | 0.7000")
+    assert table[4].endswith("| +20.0 | 10 |")
+    assert compare.ordering(results) == "fedbcs (70.0) > fedavg (50.0)"
+    compare.plot(results, tmp_path / "plot.png", "title")
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

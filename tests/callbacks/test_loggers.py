@@ -61,6 +61,10 @@ def wandb_records(run_dir: Path) -> list:
     """Records of the offline run's ``.wandb`` file, once W&B's service has written its
     exit record (it writes in the background; ``run.finish()`` does not wait for the disk)."""
     (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    return finished_records(path)
+
+
+def finished_records(path: Path) -> list:
     deadline = time.monotonic() + 60
     while True:
         records = list(_read_records(path.read_bytes()))
@@ -214,3 +218,25 @@ def test_plots_are_valid_pngs_and_curves_can_be_redrawn(run):
     curves = run.dir / "plots" / "dice_curves.png"
     curves.unlink()
     assert write_dice_curves(run.dir) == curves and curves.read_bytes().startswith(PNG)
+
+
+def test_resumed_run_continues_the_same_wandb_run(tmp_path):
+    import torch
+
+    from fedbcs_lightning.api import resume
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        fit(tiny(rounds=1, loggers=["wandb"], log_images=0), run_dir=tmp_path, progress=False)
+        state = torch.load(tmp_path / "checkpoints" / "state.pt", weights_only=True)
+        run_id = state["trainer"]["callbacks"]["WandbLogger"]["run_id"]
+        assert run_id
+        resume(tmp_path, rounds=2, progress=False)
+    files = sorted(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 2  # one per process, the same run
+    ids = {
+        r.run.run_id
+        for path in files
+        for r in finished_records(path)
+        if r.WhichOneof("record_type") == "run"
+    }
+    assert ids == {run_id}

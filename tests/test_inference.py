@@ -44,6 +44,11 @@ def local_run(tmp_path_factory):
     return train(tmp_path_factory, "local")
 
 
+@pytest.fixture(scope="module")
+def fedbn_run(tmp_path_factory):
+    return train(tmp_path_factory, "fedbn")
+
+
 def last(run):
     return run.run_dir / "checkpoints" / "last.pt"
 
@@ -65,7 +70,7 @@ def test_load_model_rebuilds_fedbcs_with_the_trained_weights(fedbcs_run):
     assert info.sites == ["site1", "site2"] and info.window is None and info.round == 1
 
 
-@pytest.mark.parametrize("run", ["fedbcs_run", "local_run"])
+@pytest.mark.parametrize("run", ["fedbcs_run", "local_run", "fedbn_run"])
 def test_evaluate_checkpoint_reproduces_the_runs_test_scores(run, request):
     run = request.getfixturevalue(run)
     result = evaluate_checkpoint(last(run))
@@ -110,6 +115,17 @@ def test_local_checkpoint_needs_a_site(local_run):
     assert all(torch.equal(v, trained[f"site2/{k}"]) for k, v in model.state_dict().items())
     other = load_model(last(local_run), site="site1")[0].state_dict()
     assert not all(torch.equal(v, other[k]) for k, v in model.state_dict().items())
+
+
+def test_fedbn_checkpoint_gives_each_site_its_own_batchnorm(fedbn_run):
+    with pytest.raises(ValueError, match=r"one model per site .*--site: site1, site2"):
+        load_model(last(fedbn_run))
+    one = load_model(last(fedbn_run), site="site1")[0].state_dict()
+    two = load_model(last(fedbn_run), site="site2")[0].state_dict()
+    stats = [k for k in one if k.endswith("running_mean")]
+    convs = [k for k in one if k.endswith("conv.weight") or k == "head.weight"]
+    assert stats and all(not torch.equal(one[k], two[k]) for k in stats)
+    assert convs and all(torch.equal(one[k], two[k]) for k in convs)
 
 
 def test_predict_masks_is_the_argmax_of_the_model(fedbcs_run):

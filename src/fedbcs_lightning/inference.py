@@ -4,8 +4,9 @@ A checkpoint (``checkpoints/{last,selected}.pt`` of a run) holds the global weig
 resolved config and a description of the data, which is all it takes to rebuild the
 network exactly as it was trained: the backbone from the registry, then the method's own
 layers (``create_strategy(config).configure_backbone``, e.g. FedBCS's FSR layers). The
-weights load strictly. Checkpoints of method ``local`` hold one model per site, under
-``<site>/<key>``; loading one of them needs the site's name.
+weights load strictly. Checkpoints of methods ``local`` (whole models), ``fedbn`` and
+``harmofl`` (local layers) hold per-site tensors under ``<site>/<key>``; loading one of
+them needs the site's name.
 
 Images are prepared as in training: read as ``uint8`` ``(H, W, C)``, resized to the
 training size with the same interpolation (or, for data sets of whole images, kept at
@@ -107,17 +108,17 @@ def read_info(path: str | Path, checkpoint: Mapping[str, Any]) -> ModelInfo:
 
 
 def per_site_models(weights: Mapping[str, torch.Tensor]) -> list[str]:
-    """Sites of a checkpoint holding one model per site (keys ``<site>/<key>``), else ``[]``."""
-    if not weights or not all("/" in key for key in weights):
-        return []
-    return sorted({key.split("/", 1)[0] for key in weights})
+    """Sites of a checkpoint whose models differ per site (keys ``<site>/<key>``: whole
+    models for ``local``, local layers for ``fedbn`` and ``harmofl``), else ``[]``."""
+    return sorted({key.split("/", 1)[0] for key in weights if "/" in key})
 
 
 def site_weights(
     weights: Mapping[str, torch.Tensor], info: ModelInfo, site: str | None
 ) -> dict[str, torch.Tensor]:
-    """The weights of the model for ``site``: a local checkpoint's site model, or the
-    global weights (``site`` is then only checked)."""
+    """The weights of the model for ``site``: the shared weights with the site's own
+    ``<site>/<key>`` tensors, or, for a checkpoint without per-site tensors, the global
+    weights (``site`` is then only checked)."""
     owners = per_site_models(weights)
     known = owners or info.sites
     if site is not None and site not in known:
@@ -130,7 +131,8 @@ def site_weights(
             f"{info.config.train.method!r}); name one with --site: {', '.join(owners)}"
         )
     prefix = f"{site}/"
-    return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+    shared = {k: v for k, v in weights.items() if "/" not in k}
+    return {**shared, **{k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}}
 
 
 def build_model(info: ModelInfo) -> torch.nn.Module:

@@ -46,20 +46,28 @@ def test_fedprox_trains_end_to_end(tiny_config):
     assert result.history[1]["train"]["site1"]["loss/proximal"] > 0
 
 
-def test_fedbn_never_sends_or_averages_batchnorm(tiny_config):
+def test_fedbn_never_averages_batchnorm_and_sends_each_site_its_own(tiny_config):
     cfg = merge(tiny_config, {"train": {"method": "fedbn"}})
     strategy, clients = _federation(cfg)
     assert isinstance(strategy, FedBN) and strategy.local_prefixes
     result = FederatedTrainer(clients, strategy, 2).fit(clients[0].get_weights())
-    bn_keys = [k for k in result.last_weights if strategy.is_local(k)]
-    assert bn_keys and any(k.endswith("running_mean") for k in bn_keys)
-    sent = strategy.configure_train(3, result.last_weights, ["site1"])["site1"].weights
-    assert not any(strategy.is_local(k) for k in sent)
     a, b = clients[0].get_weights(), clients[1].get_weights()
+    bn_keys = [k for k in a if strategy.is_local(k)]
+    assert bn_keys and any(k.endswith("running_mean") for k in bn_keys)
     key = next(k for k in bn_keys if k.endswith("running_mean"))
     assert not torch.equal(a[key], b[key])  # each site keeps its own statistics
+    # The global weights hold every site's BatchNorm tensors under <site>/<key>, and
+    # each site is sent back exactly its own (the clients were last loaded with the
+    # selected round's weights, for the final test).
+    selected = result.selected_weights
+    assert not any(strategy.is_local(k) for k in selected)
+    for client, own in zip(clients, (a, b), strict=True):
+        assert torch.equal(selected[f"{client.name}/{key}"], own[key])
+        sent = strategy.configure_train(3, selected, [client.name])[client.name]
+        assert torch.equal(sent.weights[key], own[key])
+        assert not any("/" in k for k in sent.weights)
     weights, _ = strategy.aggregate_train(3, [_update(clients[0], a), _update(clients[1], b)])
-    assert torch.equal(weights[key], a[key])  # never averaged: the first client's own
+    assert key not in weights  # never averaged
     conv = next(k for k in a if not strategy.is_local(k) and k.endswith("weight"))
     n1, n2 = clients[0].num_train_examples, clients[1].num_train_examples
     expected = (a[conv] * n1 + b[conv] * n2) / (n1 + n2)

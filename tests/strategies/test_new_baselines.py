@@ -171,11 +171,13 @@ def test_harmofl_keeps_amplitude_local_and_trains(tiny_config):
     strategy, clients = _federation(cfg)
     result = FederatedTrainer(clients, strategy, 2).fit(clients[0].get_weights())
     key = "input_transform.running_amplitude"
-    assert strategy.is_local(key) and key in result.last_weights
-    sent = strategy.configure_train(3, result.last_weights, ["site1"])["site1"].weights
-    assert key not in sent
+    selected = result.selected_weights  # what the clients hold after the final test
+    assert strategy.is_local(key) and key not in selected  # never averaged
     a, b = (c.get_weights()[key] for c in clients)
     assert a.abs().sum() > 0 and not torch.allclose(a, b)
+    assert torch.equal(selected[f"site2/{key}"], b)
+    sent = strategy.configure_train(3, selected, ["site2"])["site2"].weights
+    assert torch.equal(sent[key], b)  # each site gets its own back
     # Training losses are counted once per batch although each step evaluates it twice.
     assert clients[0].module.steps == len(clients[0].loaders["train"])
 

@@ -66,9 +66,9 @@ class FedProx(FedAvg):
 
 class PartlyLocal(FedAvg):
     """FedAvg over every tensor except those :meth:`local_modules` names: those stay with
-    each site, are never sent or averaged, and each site evaluates with its own. The
-    global weights keep the first client's local tensors so that a checkpoint is a
-    complete model."""
+    each site, are never averaged, and each site trains and evaluates with its own. The
+    global weights keep every site's local tensors under ``<site>/<key>`` (as ``local``
+    keeps whole models), so a checkpoint holds each site's complete model."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -86,21 +86,30 @@ class PartlyLocal(FedAvg):
     def is_local(self, key: str) -> bool:
         return key.startswith(self.local_prefixes) if self.local_prefixes else False
 
-    def _shared(self, weights: Weights) -> Weights:
-        return {k: v for k, v in weights.items() if not self.is_local(k)}
+    def for_client(self, weights: Weights, client: str) -> Weights:
+        """The shared weights plus ``client``'s own local tensors (none before round 1's
+        aggregation: the client keeps its initial ones)."""
+        prefix = f"{client}/"
+        own = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+        shared = {k: v for k, v in weights.items() if "/" not in k and not self.is_local(k)}
+        return {**shared, **own}
 
     def configure_train(self, server_round: int, weights: Weights, clients: list[str]):
-        return super().configure_train(server_round, self._shared(weights), clients)
+        return {
+            c: Instruction(self.for_client(weights, c), {"round": server_round}) for c in clients
+        }
 
-    def configure_evaluate(self, server_round: int, weights: Weights, clients: list[str]):
-        return super().configure_evaluate(server_round, self._shared(weights), clients)
+    configure_evaluate = configure_train
 
     def aggregate_train(
         self, server_round: int, updates: list[ClientUpdate]
     ) -> tuple[Weights, dict[str, float]]:
         shared = [k for k in updates[0].weights if not self.is_local(k)]
         weights = weighted_average(updates, self.weight_of, keys=shared)
-        weights.update({k: v for k, v in updates[0].weights.items() if self.is_local(k)})
+        for update in updates:
+            weights.update(
+                {f"{update.client}/{k}": v for k, v in update.weights.items() if self.is_local(k)}
+            )
         return weights, {}
 
 

@@ -75,6 +75,26 @@ def table(results: dict[str, list[dict]]) -> str:
     return markdown_table(headers, rows)
 
 
+def curves(results: dict[str, list[dict]]) -> str:
+    """Mean validation Dice (mean over sites and seeds) after each round, per method."""
+    rows = []
+    for method, runs in results.items():
+        per_round = zip(*(r["val_curve"] for r in runs), strict=True)
+        rows.append([method, *(f"{statistics.mean(values):.3f}" for values in per_round)])
+    rounds = len(rows[0]) - 1
+    return markdown_table(["validation Dice", *(f"r{k}" for k in range(1, rounds + 1))], rows)
+
+
+def report(header: str, results: dict[str, list[dict]]) -> str:
+    """The markdown the script prints and writes: header, table, orderings, curves."""
+    return (
+        f"{header}\n\n{table(results)}\n\n"
+        f"ordering (selected on validation): {ordering(results)}\n\n"
+        f"ordering (last round): {ordering(results, 'last')}\n\n"
+        f"{curves(results)}"
+    )
+
+
 def ordering(results: dict[str, list[dict]], kind: str = "selected") -> str:
     means = {m: statistics.mean(r[f"mean_{kind}"] for r in runs) for m, runs in results.items()}
     ranked = sorted(means, key=means.get, reverse=True)
@@ -149,11 +169,7 @@ def main() -> None:
         + (f", overrides {args.set}" if args.set else "")
         + "; test Dice (mean over regions) per site, mean ± std over seeds"
     )
-    text = (
-        f"{header}\n\n{table(results)}\n\n"
-        f"ordering (selected on validation): {ordering(results)}\n\n"
-        f"ordering (last round): {ordering(results, 'last')}"
-    )
+    text = report(header, results)
     atomic_write_text(stem.with_suffix(".md"), text + "\n")
     plot(results, stem.with_suffix(".png"), header)
     emit(args, {"header": header, "seeds": seeds, "results": results}, [text])

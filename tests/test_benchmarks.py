@@ -43,5 +43,9 @@ def test_table_ordering_and_plot(compare, tmp_path):
     assert table[4].startswith("| fedbcs | selected | 0.7000 ± 0.1414 | 0.7000 ± 0.1414 | 0.7000")
     assert table[4].endswith("| +20.0 | 10 |")
     assert compare.ordering(results) == "fedbcs (70.0) > fedavg (50.0)"
+    curves = compare.curves(results).splitlines()
+    assert curves[0] == "| validation Dice | r1 | r2 |"
+    assert curves[2] == "| fedavg | 0.100 | 0.500 |" and curves[3] == "| fedbcs | 0.100 | 0.700 |"
+    assert compare.curves(results) in compare.report("header", results)
     compare.plot(results, tmp_path / "plot.png", "title")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

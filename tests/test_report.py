@@ -9,26 +9,15 @@ from typer.testing import CliRunner
 
 from fedbcs_cli.main import app
 from fedbcs_lightning.api import fit
-from fedbcs_lightning.config import resolve
 from fedbcs_lightning.report import RunDirectoryError, write_report
+from tests.helpers import tiny_fedbcs
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    config = resolve(
-        options={
-            "data": {
-                "image_size": 32,
-                "val_fraction": 0.3,
-                "synthetic": {"sites": 2, "images_per_site": 6},
-            },
-            "model": {"width": 4},
-            "train": {"rounds": 2, "batch_size": 4, "method": "fedbcs"},
-            "run": {"log_images": 2},
-        }
-    )
+    config = tiny_fedbcs(log_images=2)
     out = tmp_path_factory.mktemp("report") / "run"
     fit(config, run_dir=out, progress=False)
     return out

@@ -16,24 +16,10 @@ from fedbcs_cli.main import app
 from fedbcs_lightning.api import fit
 from fedbcs_lightning.callbacks.base import FederatedCallback
 from fedbcs_lightning.callbacks.loggers import CSVLogger, WandbLogger, create_loggers
-from fedbcs_lightning.config import ConfigError, resolve
+from fedbcs_lightning.config import ConfigError
+from tests.helpers import tiny_fedbcs as tiny
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def tiny(rounds: int = 2, **run):
-    return resolve(
-        options={
-            "data": {
-                "image_size": 32,
-                "val_fraction": 0.3,
-                "synthetic": {"sites": 2, "images_per_site": 6},
-            },
-            "model": {"width": 4},
-            "train": {"rounds": rounds, "batch_size": 4, "method": "fedbcs"},
-            "run": run,
-        }
-    )
 
 
 class TrainerProbe(FederatedCallback):

@@ -1,25 +1,17 @@
 import pytest
 import torch
 
-from fedbcs_lightning.api import build_clients
 from fedbcs_lightning.client import SegmentationClientModule
 from fedbcs_lightning.config import merge
-from fedbcs_lightning.data import load_dataset, make_splits
 from fedbcs_lightning.models.unet import UNet
-from fedbcs_lightning.strategies import ClientUpdate, Instruction, create_strategy
+from fedbcs_lightning.strategies import ClientUpdate, Instruction
 from fedbcs_lightning.strategies.baselines import FedBN, LocalOnly, ProximalTerm
 from fedbcs_lightning.trainer import FederatedTrainer
+from tests.helpers import federation
 
 
 def _update(client, weights):
     return ClientUpdate(client.name, weights, client.num_train_examples)
-
-
-def _federation(cfg):
-    strategy = create_strategy(cfg)
-    data = load_dataset(cfg)
-    splits = make_splits(data, cfg.data.val_fraction, cfg.data.test_fraction, cfg.run.seed)
-    return strategy, build_clients(cfg, data, splits, strategy)
 
 
 def test_fedprox_gradient_is_mu_times_distance_to_global():
@@ -41,14 +33,14 @@ def test_fedprox_gradient_is_mu_times_distance_to_global():
 
 def test_fedprox_trains_end_to_end(tiny_config):
     cfg = merge(tiny_config, {"train": {"method": "fedprox"}, "fedprox": {"mu": 0.1}})
-    strategy, clients = _federation(cfg)
+    strategy, clients = federation(cfg)
     result = FederatedTrainer(clients, strategy, 2).fit(clients[0].get_weights())
     assert result.history[1]["train"]["site1"]["loss/proximal"] > 0
 
 
 def test_fedbn_never_averages_batchnorm_and_sends_each_site_its_own(tiny_config):
     cfg = merge(tiny_config, {"train": {"method": "fedbn"}})
-    strategy, clients = _federation(cfg)
+    strategy, clients = federation(cfg)
     assert isinstance(strategy, FedBN) and strategy.local_prefixes
     result = FederatedTrainer(clients, strategy, 2).fit(clients[0].get_weights())
     a, b = clients[0].get_weights(), clients[1].get_weights()
@@ -76,7 +68,7 @@ def test_fedbn_never_averages_batchnorm_and_sends_each_site_its_own(tiny_config)
 
 def test_local_never_aggregates(tiny_config):
     cfg = merge(tiny_config, {"train": {"method": "local"}})
-    strategy, clients = _federation(cfg)
+    strategy, clients = federation(cfg)
     assert isinstance(strategy, LocalOnly)
     FederatedTrainer(clients, strategy, 2).fit(clients[0].get_weights())
     own = [c.get_weights() for c in clients]

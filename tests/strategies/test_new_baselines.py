@@ -5,24 +5,15 @@ import math
 import pytest
 import torch
 
-from fedbcs_lightning.api import build_clients
 from fedbcs_lightning.client import SegmentationClientModule
 from fedbcs_lightning.config import merge
-from fedbcs_lightning.data import load_dataset, make_splits
 from fedbcs_lightning.models.unet import UNet
-from fedbcs_lightning.strategies import Instruction, create_strategy
+from fedbcs_lightning.strategies import Instruction
 from fedbcs_lightning.strategies.fpl import FPL, LastLayerDescriptors
 from fedbcs_lightning.strategies.harmofl import AmplitudeNormalization, WeightPerturbation
 from fedbcs_lightning.strategies.moon import ModelContrast, Moon, model_contrastive_loss
 from fedbcs_lightning.trainer import FederatedTrainer
-
-
-def _federation(cfg):
-    strategy = create_strategy(cfg)
-    data = load_dataset(cfg)
-    splits = make_splits(data, cfg.data.val_fraction, cfg.data.test_fraction, cfg.run.seed)
-    return strategy, build_clients(cfg, data, splits, strategy)
-
+from tests.helpers import federation
 
 # MOON -------------------------------------------------------------------------------
 
@@ -76,7 +67,7 @@ def test_moon_hook_uses_global_and_previous_models():
 
 def test_moon_trains_end_to_end(tiny_config):
     cfg = merge(tiny_config, {"train": {"method": "moon"}, "moon": {"projection_dim": 8}})
-    strategy, clients = _federation(cfg)
+    strategy, clients = federation(cfg)
     result = FederatedTrainer(clients, strategy, 2).fit(clients[0].get_weights())
     assert "moon_projection.mlp.0.weight" in result.last_weights
     losses = [result.history[r]["train"]["site1"]["loss/moon"] for r in (0, 1)]
@@ -103,7 +94,7 @@ def test_fpl_descriptor_is_the_last_decoder_feature():
 
 def test_fpl_prototypes_come_from_the_last_layer_only(tiny_config):
     cfg = merge(tiny_config, {"train": {"method": "fpl", "rounds": 2}})
-    strategy, clients = _federation(cfg)
+    strategy, clients = federation(cfg)
     assert isinstance(strategy, FPL)
     net = clients[0].module.backbone
     assert not list(net.prototype_descriptors.parameters())  # no projection, no fusion
@@ -168,7 +159,7 @@ def test_weight_perturbation_steps_with_the_gradient_at_the_perturbed_weights():
 
 def test_harmofl_keeps_amplitude_local_and_trains(tiny_config):
     cfg = merge(tiny_config, {"train": {"method": "harmofl"}})
-    strategy, clients = _federation(cfg)
+    strategy, clients = federation(cfg)
     result = FederatedTrainer(clients, strategy, 2).fit(clients[0].get_weights())
     key = "input_transform.running_amplitude"
     selected = result.selected_weights  # what the clients hold after the final test
@@ -187,7 +178,7 @@ def test_harmofl_keeps_amplitude_local_and_trains(tiny_config):
 
 def test_pooled_client_sees_every_sites_training_data(tiny_config):
     cfg = merge(tiny_config, {"train": {"method": "pooled"}})
-    strategy, clients = _federation(cfg)
+    strategy, clients = federation(cfg)
     pooled = clients[-1]
     assert pooled.name == "pooled"
     sites = clients[:-1]

@@ -24,8 +24,8 @@ from common import emit, markdown_table, mean_std, parser
 from fedbcs_lightning.api import fit
 from fedbcs_lightning.catalog import METHODS
 from fedbcs_lightning.config import parse_override, resolve
+from fedbcs_lightning.evaluation.metrics import mean_over_sites
 from fedbcs_lightning.io import atomic_write_json, atomic_write_text
-from fedbcs_lightning.metrics import mean_over_sites
 
 ORDER = ["local", "fedavg", "fedprox", "fedbn", "moon", "harmofl", "fpl", "fedbcs", "pooled"]
 

@@ -19,7 +19,7 @@ from common import emit, markdown_table, mean_std, parser
 
 from fedbcs_lightning.api import fit
 from fedbcs_lightning.config import resolve
-from fedbcs_lightning.metrics import mean_over_sites
+from fedbcs_lightning.evaluation.metrics import mean_over_sites
 
 VARIANTS = {
     "fedavg": {"train": {"method": "fedavg"}},

@@ -81,11 +81,11 @@ def _measure(variant: str, width: int, size: int, batch: int, steps: int, queue)
 
     from fedbcs_lightning.config import FedBCSConfig
     from fedbcs_lightning.data.synthetic import render_sites
-    from fedbcs_lightning.losses import segmentation_loss
+    from fedbcs_lightning.methods.base import Instruction
+    from fedbcs_lightning.methods.fedbcs.strategy import FedBCS
+    from fedbcs_lightning.methods.prototypes import PrototypeBank
+    from fedbcs_lightning.models.losses import segmentation_loss
     from fedbcs_lightning.models.unet import UNet
-    from fedbcs_lightning.prototypes import PrototypeBank
-    from fedbcs_lightning.strategies.base import Instruction
-    from fedbcs_lightning.strategies.fedbcs import FedBCS
 
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -133,7 +133,7 @@ def fsr_layer_times(width: int, size: int, batch: int, repeats: int = 20) -> lis
     """Forward + backward of one FSR layer at each FSR level's shape: closed form vs FFT."""
     import torch
 
-    from fedbcs_lightning.fsr import FrequencyStyleRecalibration
+    from fedbcs_lightning.methods.fedbcs.fsr import FrequencyStyleRecalibration
 
     torch.set_num_threads(2)
     rows = []

@@ -16,12 +16,12 @@ import time
 
 from common import emit, markdown_table, mean_std, parser
 
-from fedbcs_lightning.api import build_clients
 from fedbcs_lightning.config import resolve
 from fedbcs_lightning.data import load_dataset, make_splits
-from fedbcs_lightning.metrics import evaluate
-from fedbcs_lightning.strategies import Instruction
-from fedbcs_lightning.strategies.fedavg import FedAvg
+from fedbcs_lightning.evaluation.metrics import evaluate
+from fedbcs_lightning.federation.build import build_clients
+from fedbcs_lightning.methods import Instruction
+from fedbcs_lightning.methods.fedavg import FedAvg
 
 
 def cross_site_matrix(image_size: int, epochs: int, seed: int, strength: float, width: int):

@@ -202,7 +202,7 @@ def report(
     ] = None,
 ) -> None:
     """Write one self-contained HTML page: config, per-site test tables, curves, overlays."""
-    from fedbcs_lightning.report import RunDirectoryError, write_report
+    from fedbcs_lightning.reporting.report import RunDirectoryError, write_report
 
     try:
         path = write_report(run_dir, out)
@@ -237,7 +237,7 @@ def evaluate(
         _fail(f"--split {split!r}: choose {', '.join(SPLITS)}")
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         _fail(f"--out {out}: write to a .csv or .json file")
-    from fedbcs_lightning.inference import evaluate_checkpoint
+    from fedbcs_lightning.evaluation.scoring import evaluate_checkpoint
 
     try:
         result = evaluate_checkpoint(checkpoint, split, site, dataset, data_root, cache)
@@ -258,12 +258,8 @@ def predict(
 ) -> None:
     """Segment images: write each one's label map (class indices, uint8) and an overlay."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    from fedbcs_lightning.inference import (
-        collect_images,
-        load_model,
-        predict_file,
-        save_prediction,
-    )
+    from fedbcs_lightning.evaluation.checkpoints import load_model
+    from fedbcs_lightning.evaluation.predict import collect_images, predict_file, save_prediction
 
     try:
         files = collect_images(inputs)
@@ -287,8 +283,8 @@ def export(
     """Export a checkpoint's network to ONNX or TorchScript, checked against PyTorch."""
     if fmt not in ("onnx", "torchscript"):
         _fail(f"--format {fmt!r}: choose onnx or torchscript")
-    from fedbcs_lightning.export import ExportError, export_model
-    from fedbcs_lightning.inference import load_model
+    from fedbcs_lightning.evaluation.checkpoints import load_model
+    from fedbcs_lightning.evaluation.export import ExportError, export_model
 
     try:
         model, info = load_model(checkpoint, site)

@@ -1,9 +1,11 @@
 """Small builders shared by several test modules."""
 
-from fedbcs_lightning.api import build_clients
+import math
+
 from fedbcs_lightning.config import resolve
 from fedbcs_lightning.data import load_dataset, make_splits
-from fedbcs_lightning.strategies import create_strategy
+from fedbcs_lightning.federation.build import build_clients
+from fedbcs_lightning.methods import create_strategy
 
 
 def federation(cfg):
@@ -28,3 +30,11 @@ def tiny_fedbcs(rounds: int = 2, **run):
             "run": run,
         }
     )
+
+
+def last(run):
+    return run.run_dir / "checkpoints" / "last.pt"
+
+
+def same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)

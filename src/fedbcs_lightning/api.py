@@ -17,8 +17,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
-
 from fedbcs_lightning.callbacks import (
     CheckpointWriter,
     FederatedCallback,
@@ -27,127 +25,21 @@ from fedbcs_lightning.callbacks import (
 )
 from fedbcs_lightning.callbacks.loggers import create_loggers
 from fedbcs_lightning.callbacks.plots import PlotWriter
-from fedbcs_lightning.client import FederatedClient, SegmentationClientModule
 from fedbcs_lightning.config import Config, save
-from fedbcs_lightning.data import (
-    DataError,
-    FederatedData,
-    SegmentationDataset,
-    build_augmentation,
-    load_dataset,
-    make_loader,
-    make_splits,
-)
+from fedbcs_lightning.data import FederatedData, load_dataset, make_splits
+from fedbcs_lightning.evaluation.metrics import mean_over_sites
+from fedbcs_lightning.federation.build import build_clients, describe_data
+from fedbcs_lightning.federation.client import FederatedClient
+from fedbcs_lightning.federation.trainer import FederatedTrainer, FitResult
 from fedbcs_lightning.io import atomic_write_json
-from fedbcs_lightning.metrics import mean_over_sites
-from fedbcs_lightning.models import BACKBONES
-from fedbcs_lightning.strategies import Strategy, create_strategy
-from fedbcs_lightning.trainer import FederatedTrainer, FitResult
+from fedbcs_lightning.methods import create_strategy
+
+__all__ = ["ResumeError", "RunResult", "build_clients", "fit", "format_summary", "resume"]
 
 
 def default_run_dir(config: Config) -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{config.data.name}-{config.train.method}-{stamp}"
-
-
-def build_backbone(config: Config, data: FederatedData):
-    return BACKBONES.get(config.model.backbone).from_config(
-        config.model, in_channels=data.in_channels, num_classes=data.num_classes
-    )
-
-
-def build_clients(
-    config: Config, data: FederatedData, splits: dict, strategy: Strategy
-) -> list[FederatedClient]:
-    """One client per site, all starting from the same initial weights."""
-    L.seed_everything(config.run.seed, verbose=False)
-    template = strategy.configure_backbone(build_backbone(config, data))
-
-    def client(name: str, loaders: dict) -> FederatedClient:
-        backbone = strategy.configure_backbone(build_backbone(config, data))
-        backbone.load_state_dict(template.state_dict())
-        module = SegmentationClientModule(
-            backbone,
-            optimizer=config.train.optimizer,
-            lr=config.train.lr,
-            weight_decay=config.train.weight_decay,
-            momentum=config.train.momentum,
-            hooks=strategy.client_hooks(),
-        )
-        return FederatedClient(
-            name,
-            module,
-            loaders,
-            _num_images(loaders["train"].dataset),
-            data.regions,
-            config.train.local_epochs,
-            config.run.accelerator,
-            window=config.data.image_size if data.whole_images else None,
-        )
-
-    clients = [
-        client(site.name, site_loaders(config, data, site, splits[site.name], _seed(config, k)))
-        for k, site in enumerate(data.sites)
-    ]
-    if strategy.pools_training_data:
-        clients.append(client("pooled", pooled_loaders(config, clients)))
-    return clients
-
-
-def _num_images(dataset) -> int:
-    parts = getattr(dataset, "datasets", [dataset])  # a ConcatDataset has several
-    return sum(len(part.indices) for part in parts)
-
-
-def _seed(config: Config, k: int) -> int:
-    return config.run.seed * 1000 + k
-
-
-def pooled_loaders(config: Config, clients: list[FederatedClient]) -> dict:
-    """One training loader over the union of the clients' training sets."""
-    from torch.utils.data import ConcatDataset
-
-    names = [c.name for c in clients]
-    if "pooled" in names:
-        raise DataError("method pooled adds a client named 'pooled'; rename that site")
-    union = ConcatDataset([c.loaders["train"].dataset for c in clients])
-    loader = make_loader(
-        union,
-        config.train.batch_size,
-        train=True,
-        seed=_seed(config, len(clients)),
-        shuffle=config.train.shuffle,
-    )
-    return {"train": loader}
-
-
-def site_loaders(config: Config, data: FederatedData, site, idx: dict, seed: int) -> dict:
-    """Train/val/test loaders of one site.
-
-    Whole-image data sets train on random crops of ``data.image_size`` and evaluate one
-    whole image at a time (with sliding windows).
-    """
-    crop = config.data.image_size if data.whole_images else None
-    transform = build_augmentation(seed, augment=config.data.augment, crop=crop)
-    foreground_only = config.data.train_foreground_only
-    if foreground_only is None:
-        foreground_only = data.train_foreground_only
-    train = [i for i in idx["train"] if site.masks[i].any()] if foreground_only else idx["train"]
-    if not train:
-        raise DataError(f"site {site.name!r} has no training image with foreground")
-    eval_batch = 1 if data.whole_images else config.train.batch_size
-    repeats = config.data.crops_per_image if data.whole_images else 1
-    return {
-        "train": make_loader(
-            SegmentationDataset(site, train, transform, repeats),
-            config.train.batch_size,
-            train=True,
-            seed=seed,
-            shuffle=config.train.shuffle,
-        ),
-        "val": make_loader(SegmentationDataset(site, idx["val"]), eval_batch, False, seed),
-        "test": make_loader(SegmentationDataset(site, idx["test"]), eval_batch, False, seed),
-    }
 
 
 @dataclass
@@ -257,14 +149,7 @@ def _trainer(
 ) -> tuple[FederatedTrainer, list[FederatedClient]]:
     strategy = create_strategy(config)
     clients = build_clients(config, data, splits, strategy)
-    data_info = {
-        "name": data.name,
-        "class_names": data.class_names,
-        "regions": data.regions,
-        "in_channels": data.in_channels,
-        "sites": [s.name for s in data.sites],
-        "whole_images": data.whole_images,
-    }
+    data_info = describe_data(data)
     all_callbacks = [
         MetricsWriter(run_dir),
         CheckpointWriter(run_dir, config.to_dict(), data_info, config.run.checkpoint_every),

@@ -16,6 +16,9 @@ BACKBONES = Registry("backbone")
 DATASETS = Registry("data set")
 METHODS = Registry("method")
 
+#: The experiment trackers ``run.loggers`` accepts (:mod:`fedbcs_lightning.callbacks.loggers`).
+LOGGERS = ("wandb", "csv", "tensorboard")
+
 BACKBONES.register_lazy(
     "unet",
     "fedbcs_lightning.models.unet:UNet",
@@ -61,46 +64,46 @@ DATASETS.register_lazy(
 
 METHODS.register_lazy(
     "fedavg",
-    "fedbcs_lightning.strategies.fedavg:FedAvg",
+    "fedbcs_lightning.methods.fedavg:FedAvg",
     "FedAvg: average all weights, weighted by client training-set size",
 )
 METHODS.register_lazy(
     "fedbcs",
-    "fedbcs_lightning.strategies.fedbcs:FedBCS",
+    "fedbcs_lightning.methods.fedbcs.strategy:FedBCS",
     "FedBCS: FedAvg + frequency-domain style recalibration + dual-level prototype alignment",
 )
 METHODS.register_lazy(
     "fedprox",
-    "fedbcs_lightning.strategies.baselines:FedProx",
+    "fedbcs_lightning.methods.baselines:FedProx",
     "FedProx: FedAvg + proximal term mu/2 ||w - w_global||^2 on clients (fedprox.mu)",
 )
 METHODS.register_lazy(
     "fedbn",
-    "fedbcs_lightning.strategies.baselines:FedBN",
+    "fedbcs_lightning.methods.baselines:FedBN",
     "FedBN: FedAvg with BatchNorm weights and statistics kept local",
 )
 METHODS.register_lazy(
     "local",
-    "fedbcs_lightning.strategies.baselines:LocalOnly",
+    "fedbcs_lightning.methods.baselines:LocalOnly",
     "local: each site trains alone, no aggregation (a lower bound)",
 )
 METHODS.register_lazy(
     "moon",
-    "fedbcs_lightning.strategies.moon:Moon",
+    "fedbcs_lightning.methods.moon:Moon",
     "MOON: FedAvg + model-contrastive loss on the pooled bottleneck (moon.mu, moon.tau)",
 )
 METHODS.register_lazy(
     "fpl",
-    "fedbcs_lightning.strategies.fpl:FPL",
+    "fedbcs_lightning.methods.fpl:FPL",
     "FPL: FedAvg + last-layer class prototypes, FINCH clusters, InfoNCE + MSE (fpl.tau)",
 )
 METHODS.register_lazy(
     "harmofl",
-    "fedbcs_lightning.strategies.harmofl:HarmoFL",
+    "fedbcs_lightning.methods.harmofl:HarmoFL",
     "HarmoFL: local amplitude normalisation of inputs + weight perturbation (harmofl.alpha)",
 )
 METHODS.register_lazy(
     "pooled",
-    "fedbcs_lightning.strategies.baselines:Pooled",
+    "fedbcs_lightning.methods.baselines:Pooled",
     "pooled: all sites' training data in one model, evaluated per site (an upper bound)",
 )

@@ -194,7 +194,7 @@ def test_tensorboard_holds_scalars_per_round_and_overlays(run):
 def test_plots_are_valid_pngs_and_curves_can_be_redrawn(run):
     from PIL import Image
 
-    from fedbcs_lightning.plots import write_dice_curves
+    from fedbcs_lightning.reporting.plots import write_dice_curves
 
     for name in ("dice_curves.png", "overlays.png"):
         path = run.dir / "plots" / name

@@ -13,7 +13,7 @@ from fedbcs_cli.main import app
 from fedbcs_lightning.api import fit
 from fedbcs_lightning.config import resolve
 from fedbcs_lightning.data import SegmentationDataset
-from fedbcs_lightning.inference import load_model
+from fedbcs_lightning.evaluation.checkpoints import load_model
 
 runner = CliRunner()
 

@@ -319,7 +319,7 @@ def test_training_uses_the_cache_and_whole_images_train_on_crops(tmp_path):
     run = fit(cfg, run_dir=tmp_path / "run", progress=False)
     assert set(run.result.test_last) == {"a", "b"}
     assert 0.0 <= run.result.test_last["a"]["dice"] <= 1.0
-    from fedbcs_lightning.api import site_loaders
+    from fedbcs_lightning.federation.build import site_loaders
 
     data = load_dataset(cfg)
     loaders = site_loaders(cfg, data, data.sites[0], {"train": [0, 1], "val": [2], "test": [3]}, 0)

@@ -1,4 +1,4 @@
-"""Callbacks for the federated loop."""
+"""Callbacks for the federated loop: metrics, checkpoints, progress, plots and loggers."""
 
 from fedbcs_lightning.callbacks.base import FederatedCallback
 from fedbcs_lightning.callbacks.builtin import CheckpointWriter, MetricsWriter, RoundProgress

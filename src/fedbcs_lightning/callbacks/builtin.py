@@ -66,7 +66,7 @@ class MetricsWriter(FederatedCallback):
         self.last_round = server_round
 
     def on_fit_end(self, trainer: Any, result: Any) -> None:
-        from fedbcs_lightning.metrics import mean_over_sites
+        from fedbcs_lightning.evaluation.metrics import mean_over_sites
 
         summary = {"best_round": result.best_round, "rounds": trainer.rounds}
         for key, per_site in (

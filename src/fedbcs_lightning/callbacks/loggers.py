@@ -32,10 +32,8 @@ from typing import Any
 
 from fedbcs_lightning.callbacks.base import FederatedCallback
 from fedbcs_lightning.callbacks.builtin import versions
+from fedbcs_lightning.catalog import LOGGERS
 from fedbcs_lightning.io import atomic_write_text
-
-#: The logger names :func:`create_loggers` accepts (config key ``run.loggers``).
-LOGGERS = ("wandb", "csv", "tensorboard")
 
 WANDB_PROJECT = "fedbcs-lightning"
 
@@ -91,7 +89,7 @@ def is_image_round(server_round: int, rounds: int) -> bool:
 def _image_samples(trainer: Any, record: dict[str, Any], count: int) -> dict[str, list]:
     """Predictions of the sites validated this round (their models hold the evaluated
     weights right after validation)."""
-    from fedbcs_lightning.plots import predict_samples
+    from fedbcs_lightning.reporting.plots import predict_samples
 
     sites = [s for s in record.get("val", {}).get("sites", {}) if s in trainer.clients]
     samples = {site: predict_samples(trainer.clients[site], count) for site in sites}
@@ -169,7 +167,7 @@ class TensorBoardLogger(FederatedCallback):
         for key, value in flatten_record(record).items():
             self.writer.add_scalar(key, value, server_round)
         if self.num_images and is_image_round(server_round, trainer.rounds):
-            from fedbcs_lightning.plots import overlay_strip
+            from fedbcs_lightning.reporting.plots import overlay_strip
 
             for site, samples in _image_samples(trainer, record, self.num_images).items():
                 picture = overlay_strip(samples)
@@ -239,9 +237,7 @@ class WandbLogger(FederatedCallback):
             settings=wandb.Settings(silent=True, console="off"),
         )
         self.run_id = self.run.id
-        self.run.config.update(
-            {**self.config, "versions": versions()}, allow_val_change=True
-        )
+        self.run.config.update({**self.config, "versions": versions()}, allow_val_change=True)
         for site in [*trainer.clients, "mean"]:
             self.run.define_metric(f"val/{site}/dice", summary="max")
         if self.run.offline:
@@ -261,7 +257,7 @@ class WandbLogger(FederatedCallback):
         import numpy as np
         import wandb
 
-        from fedbcs_lightning.visualize import to_rgb
+        from fedbcs_lightning.reporting.visualize import to_rgb
 
         names = self.class_names or []
         count = max(len(names), int(max(sample.truth.max(), sample.prediction.max())) + 1)

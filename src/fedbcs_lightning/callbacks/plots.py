@@ -22,7 +22,7 @@ class PlotWriter(FederatedCallback):
         self.num_images = num_images
 
     def on_fit_end(self, trainer: Any, result: Any) -> None:
-        from fedbcs_lightning.plots import (
+        from fedbcs_lightning.reporting.plots import (
             OVERLAYS,
             PLOTS_DIR,
             predict_samples,

@@ -1,0 +1,185 @@
+"""Reading configurations: presets and YAML files, ``key=value`` overrides, typed merging.
+
+Example
+-------
+>>> from fedbcs_lightning.config.parsing import parse_override
+>>> parse_override("train.rounds=5")
+{'train': {'rounds': 5}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedbcs_lightning.config.schema import Config, ConfigError
+from fedbcs_lightning.config.validation import validate
+
+
+def merge(config: Any, updates: dict[str, Any], prefix: str = "") -> Any:
+    """Return a copy of dataclass ``config`` with nested ``updates`` applied and typed."""
+    if not isinstance(updates, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {updates!r}")
+    hints = typing.get_type_hints(type(config))
+    changes: dict[str, Any] = {}
+    for key, value in updates.items():
+        path = f"{prefix}{key}"
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), hints, n=1)
+            hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"unknown config key {path!r}; valid keys here: {', '.join(hints)}.{hint}"
+            )
+        current = getattr(config, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = merge(current, value, prefix=f"{path}.")
+        else:
+            changes[key] = _coerce(value, hints[key], path)
+    return dataclasses.replace(config, **changes)
+
+
+def _coerce(value: Any, hint: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in options:
+                return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, path)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{path}: invalid value {value!r}")
+    if origin in (list, tuple):
+        (item,) = typing.get_args(hint)[:1]
+        if isinstance(value, str):
+            value = [v for v in value.replace(" ", "").strip("[]").split(",") if v]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return int(as_float)
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: expected a number, got {value!r}") from None
+    if hint is str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{path}: unsupported type {hint}")  # pragma: no cover
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"train.rounds=5"`` -> ``{"train": {"rounds": "5"}}`` (typed later by :func:`merge`)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    parsed = yaml.safe_load(value) if value else ""
+    nested: dict[str, Any] = {}
+    node = nested
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = parsed
+    return nested
+
+
+def preset_names() -> list[str]:
+    return sorted(
+        p.name[:-5]
+        for p in resources.files("fedbcs_lightning.presets").iterdir()
+        if p.name.endswith(".yaml")
+    )
+
+
+def load_yaml(source: str | Path) -> dict[str, Any]:
+    """Read a preset by name (``configs/<name>.yaml``) or a YAML file by path."""
+    path = Path(source)
+    if path.suffix not in (".yaml", ".yml") and not path.exists():
+        preset = resources.files("fedbcs_lightning.presets") / f"{source}.yaml"
+        if not preset.is_file():
+            raise ConfigError(
+                f"config {str(source)!r} is neither a file nor a preset; presets: "
+                f"{', '.join(preset_names())}"
+            )
+        text = preset.read_text()
+        where = f"preset {source!r}"
+    else:
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        text = path.read_text()
+        where = str(path)
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections at the top level")
+    return data
+
+
+def deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve(
+    preset: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    options: dict[str, Any] | None = None,
+) -> Config:
+    """Defaults <- preset/YAML file <- ``key=value`` overrides <- explicit options; validated."""
+    updates: dict[str, Any] = load_yaml(preset) if preset else {}
+    for text in overrides:
+        updates = deep_update(updates, parse_override(text))
+    updates = deep_update(updates, options or {})
+    config = merge(Config(), updates)
+    validate(config)
+    return config
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a saved (resolved) config."""
+    config = merge(Config(), data)
+    validate(config)
+    return config
+
+
+def save(config: Config, path: str | Path) -> None:
+    from fedbcs_lightning.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

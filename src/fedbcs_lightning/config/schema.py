@@ -1,0 +1,144 @@
+"""The configuration's sections: one dataclass per section, with the defaults.
+
+Example
+-------
+>>> from fedbcs_lightning.config.schema import Config
+>>> Config().train.method
+'fedavg'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message says which and why."""
+
+
+@dataclass
+class SyntheticConfig:
+    """Options of the built-in synthetic multi-site data sets."""
+
+    sites: int = 4
+    images_per_site: int = 48
+    style_strength: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"
+    root: str | None = None  # folder of a real data set (else $FEDBCS_DATA/<name>)
+    cache: str | None = None  # HDF5 file written by `fedbcs prepare`
+    image_size: int = 64  # resize to (fundus, prostate) or crop/window size (nuclei, sites)
+    augment: bool = True
+    crops_per_image: int = 4  # random crops per image and epoch (whole-image data sets)
+    skip_unpaired: bool = False  # skip images without masks (with a warning) instead of failing
+    label_values: list[int] = field(default_factory=list)  # mask values -> classes 1..n (sites)
+    train_foreground_only: bool | None = None  # None: the data set's default
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "unet"
+    width: int = 16  # base width of the reference U-Net (the paper uses 32)
+    norm: str = "batch"  # batch | batch_stateless (the reference's) | instance
+    encoder: str = "resnet18"  # smp encoder name, for backbone smp-unet
+    encoder_weights: str | None = None  # never downloaded implicitly
+
+
+@dataclass
+class TrainConfig:
+    method: str = "fedavg"
+    rounds: int = 30
+    local_epochs: int = 1
+    clients: int | None = None  # use the first N sites; None = all
+    batch_size: int = 8
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.0
+    shuffle: bool = True  # shuffle training batches (the reference does not)
+
+
+@dataclass
+class FedBCSConfig:
+    """Options of method ``fedbcs``; the ablations are switches here."""
+
+    fsr: bool = True  # frequency-domain style recalibration in the encoder
+    fsr_levels: list[int] = field(default_factory=lambda: [2, 3, 4])  # 1-based encoder levels
+    fsr_mode: str = "closed"  # closed (exact fast path) | fft | band
+    fsr_bands: int = 4  # radial bands, for fsr_mode band
+    cdpa: bool = True  # context-aware dual-level prototype alignment
+    prototype_levels: list[str] = field(default_factory=lambda: ["encoder", "decoder"])
+    prototype_dim: int = 256  # channels of each fused level
+    prototype_mean: str = "batch"  # batch (mean of batch means, the reference) | pixel
+    clustering: str = "finch"  # finch | mean (server-side prototype aggregation)
+    max_anchors: int = 1024  # anchors per class, level and batch (random subset); 0 = all
+    tau: float = 0.1  # temperature of the contrastive term
+    weight: float = 1.0  # lambda, weight of the alignment loss
+    alignment: str = "stable"  # stable (log-sum-exp) | paper (the reference's clamps)
+
+
+@dataclass
+class FedProxConfig:
+    """Options of method ``fedprox``."""
+
+    mu: float = 0.01  # weight of the proximal term
+
+
+@dataclass
+class MoonConfig:
+    """Options of method ``moon``."""
+
+    mu: float = 1.0  # weight of the model-contrastive loss
+    tau: float = 0.5  # temperature
+    projection_dim: int = 64  # output size of the projection head on the pooled bottleneck
+
+
+@dataclass
+class FPLConfig:
+    """Options of method ``fpl`` (prototypes of the last decoder layer)."""
+
+    tau: float = 0.02  # temperature of the cluster-prototype contrastive term
+    weight: float = 1.0  # weight of the prototype loss (contrastive + consistency)
+    max_anchors: int = 1024  # anchors per class and batch (random subset); 0 = all
+
+
+@dataclass
+class HarmoFLConfig:
+    """Options of method ``harmofl``."""
+
+    alpha: float = 0.05  # radius of the weight perturbation (gradient direction)
+    momentum: float = 0.1  # update rate of each site's running amplitude spectrum
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    output: str | None = None
+    accelerator: str = "cpu"
+    loggers: list[str] = field(default_factory=list)  # experiment trackers: wandb, csv, tensorboard
+    log_images: int = 4  # validation images per site in logged overlays and plots (0 = none)
+    checkpoint_every: int = 1  # write the resumable state every N rounds (and at the end)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    fedbcs: FedBCSConfig = field(default_factory=FedBCSConfig)
+    fedprox: FedProxConfig = field(default_factory=FedProxConfig)
+    moon: MoonConfig = field(default_factory=MoonConfig)
+    fpl: FPLConfig = field(default_factory=FPLConfig)
+    harmofl: HarmoFLConfig = field(default_factory=HarmoFLConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

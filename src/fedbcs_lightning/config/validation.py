@@ -1,0 +1,111 @@
+"""Checking a merged configuration: values in range, names registered, choices known.
+
+Every error is a :class:`~fedbcs_lightning.config.schema.ConfigError` that names the key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedbcs_lightning.config.schema import Config, ConfigError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+NORMS = ("batch", "batch_stateless", "instance")
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+
+
+def validate(config: Config) -> None:
+    """Check values and registered names; raise :class:`ConfigError` naming the key."""
+    from fedbcs_lightning.catalog import BACKBONES, DATASETS, METHODS
+    from fedbcs_lightning.registry import RegistryError
+
+    for registry, value, key in (
+        (DATASETS, config.data.name, "data.name"),
+        (METHODS, config.train.method, "train.method"),
+        (BACKBONES, config.model.backbone, "model.backbone"),
+    ):
+        try:
+            registry.check(value)
+        except RegistryError as err:
+            raise ConfigError(f"{key}: {err}") from None
+    _choice(config.train.optimizer, OPTIMIZERS, "train.optimizer")
+    _choice(config.model.norm, NORMS, "model.norm")
+    _choice(config.run.accelerator, ACCELERATORS, "run.accelerator")
+    _check_loggers(config.run.loggers)
+    _positive(config, "run.checkpoint_every")
+    if config.run.log_images < 0:
+        raise ConfigError(f"run.log_images: must be >= 0, got {config.run.log_images}")
+    _positive(
+        config,
+        "train.rounds",
+        "train.local_epochs",
+        "train.batch_size",
+        "train.lr",
+        "data.image_size",
+        "model.width",
+        "data.synthetic.sites",
+        "data.synthetic.images_per_site",
+        "data.crops_per_image",
+    )
+    if config.train.clients is not None and config.train.clients < 1:
+        raise ConfigError(f"train.clients: must be at least 1, got {config.train.clients}")
+    for key in ("data.val_fraction", "data.test_fraction"):
+        value = _get(config, key)
+        if not 0.0 < value < 0.5:
+            raise ConfigError(f"{key}: must lie in (0, 0.5), got {value}")
+    if config.data.image_size % 16:
+        raise ConfigError(
+            f"data.image_size: must be a multiple of 16 (the U-Net halves it 4 times), "
+            f"got {config.data.image_size}; try {-(-config.data.image_size // 16) * 16}"
+        )
+    fb = config.fedbcs
+    _choice(fb.fsr_mode, ("closed", "fft", "band"), "fedbcs.fsr_mode")
+    _choice(fb.prototype_mean, ("batch", "pixel"), "fedbcs.prototype_mean")
+    _choice(fb.clustering, ("finch", "mean"), "fedbcs.clustering")
+    _choice(fb.alignment, ("stable", "paper"), "fedbcs.alignment")
+    for level in fb.prototype_levels:
+        _choice(level, ("encoder", "decoder"), "fedbcs.prototype_levels")
+    if fb.cdpa and not fb.prototype_levels:
+        raise ConfigError("fedbcs.prototype_levels: name encoder and/or decoder (or cdpa: false)")
+    if any(level < 1 for level in fb.fsr_levels):
+        raise ConfigError(f"fedbcs.fsr_levels: levels count from 1, got {fb.fsr_levels}")
+    _positive(config, "fedbcs.tau", "fedbcs.prototype_dim", "fedbcs.fsr_bands")
+    if config.fedprox.mu < 0:
+        raise ConfigError(f"fedprox.mu: must be >= 0, got {config.fedprox.mu}")
+    _positive(config, "moon.tau", "moon.projection_dim", "fpl.tau")
+    for key in ("moon.mu", "fpl.weight", "fpl.max_anchors", "harmofl.alpha"):
+        if _get(config, key) < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {_get(config, key)}")
+    if not 0.0 < config.harmofl.momentum <= 1.0:
+        raise ConfigError(f"harmofl.momentum: must lie in (0, 1], got {config.harmofl.momentum}")
+    if fb.max_anchors < 0:
+        raise ConfigError(f"fedbcs.max_anchors: must be >= 0 (0 = all), got {fb.max_anchors}")
+    if fb.weight < 0:
+        raise ConfigError(f"fedbcs.weight: must be >= 0, got {fb.weight}")
+    if config.train.weight_decay < 0 or config.data.synthetic.style_strength < 0:
+        raise ConfigError("train.weight_decay and data.synthetic.style_strength must be >= 0")
+
+
+def _check_loggers(names: list[str]) -> None:
+    from fedbcs_lightning.catalog import LOGGERS
+
+    for name in names:
+        _choice(name, LOGGERS, "run.loggers")
+
+
+def _get(config: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def _positive(config: Config, *keys: str) -> None:
+    for key in keys:
+        value = _get(config, key)
+        if value <= 0:
+            raise ConfigError(f"{key}: must be positive, got {value}")
+
+
+def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")

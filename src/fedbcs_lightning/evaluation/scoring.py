@@ -1,0 +1,233 @@
+"""Score a checkpoint on a data set: per-site Dice, HD95 and ASSD on one split.
+
+Example
+-------
+>>> from fedbcs_lightning.evaluation.scoring import evaluate_checkpoint
+>>> print(evaluate_checkpoint("runs/demo/checkpoints/last.pt").table())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedbcs_lightning.config import Config, merge
+from fedbcs_lightning.data import (
+    SPLITS,
+    DataError,
+    FederatedData,
+    SegmentationDataset,
+    load_dataset,
+    make_loader,
+    make_splits,
+)
+from fedbcs_lightning.evaluation.checkpoints import (
+    ModelInfo,
+    checkpoint_label,
+    model_from_checkpoint,
+    per_site_models,
+    read_info,
+)
+from fedbcs_lightning.evaluation.metrics import SURFACE_METRICS, evaluate, mean_over_sites
+from fedbcs_lightning.io import atomic_write_json, atomic_write_text, load_checkpoint
+
+
+@dataclass
+class Evaluation:
+    """Per-site scores of a checkpoint on one split, and where the split came from."""
+
+    checkpoint: Path
+    round: int
+    split: str
+    splits_source: str
+    regions: list[str]
+    sites: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def mean(self) -> dict[str, float]:
+        return mean_over_sites(self.sites)
+
+    @property
+    def metrics(self) -> list[str]:
+        """Column order: per region then overall, for Dice, HD95 and ASSD."""
+        keys = []
+        for metric in ("dice", *SURFACE_METRICS):
+            keys += [f"{metric}/{r}" for r in self.regions] + [metric]
+        return keys
+
+    def rows(self) -> dict[str, dict[str, float]]:
+        """Each site's scores and their ``mean``."""
+        return {**self.sites, "mean": self.mean}
+
+    def table(self) -> str:
+        """A plain-text table, one row per site and a mean row."""
+        headers = ["site"] + [k.replace("/", " ") for k in self.metrics]
+        cells = [
+            [name] + [_fmt(scores.get(k, math.nan)) for k in self.metrics]
+            for name, scores in self.rows().items()
+        ]
+        widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (NaN becomes ``None``)."""
+        clean = {
+            name: {k: (v if math.isfinite(v) else None) for k, v in scores.items()}
+            for name, scores in self.rows().items()
+        }
+        return {
+            "checkpoint": str(self.checkpoint),
+            "round": self.round,
+            "split": self.split,
+            "splits": self.splits_source,
+            "sites": {k: v for k, v in clean.items() if k != "mean"},
+            "mean": clean["mean"],
+        }
+
+    def write(self, path: str | Path) -> Path:
+        """Write the scores to ``.csv`` (one row per site) or ``.json``, atomically."""
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix == ".json":
+            return atomic_write_json(path, self.to_json())
+        if suffix != ".csv":
+            raise ValueError(f"{path}: write results to a .csv or .json file")
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["site", *self.metrics])
+        for name, scores in self.rows().items():
+            writer.writerow([name, *(repr(scores.get(k, math.nan)) for k in self.metrics)])
+        return atomic_write_text(path, buffer.getvalue())
+
+
+def _fmt(value: float) -> str:
+    return "nan" if not math.isfinite(value) else f"{value:.4f}"
+
+
+def evaluation_config(
+    config: Config,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    cache: str | None = None,
+) -> Config:
+    """The checkpoint's config with another data set, folder or cache. Another data set
+    uses all its sites (``train.clients`` applies to the training data only)."""
+    updates: dict[str, Any] = {}
+    if dataset is not None and dataset != config.data.name:
+        updates = {"data": {"name": dataset}, "train": {"clients": None}}
+    for key, value in (("root", data_root), ("cache", cache)):
+        if value is not None:
+            updates.setdefault("data", {})[key] = str(value)
+    if not updates:
+        return config
+    from fedbcs_lightning.config import validate
+
+    changed = merge(config, updates)
+    validate(changed)
+    return changed
+
+
+def recorded_splits(
+    checkpoint_path: Path, data: FederatedData
+) -> tuple[dict[str, dict[str, list[int]]], str] | None:
+    """The run's ``splits.json`` (beside the checkpoint or one folder up) if it fits
+    ``data``: every site present, every index in range."""
+    folder = checkpoint_path.parent
+    for candidate in (folder / "splits.json", folder.parent / "splits.json"):
+        if not candidate.is_file():
+            continue
+        try:
+            splits = json.loads(candidate.read_text())
+        except (OSError, ValueError) as err:
+            raise DataError(f"{candidate}: cannot be read as JSON ({err})") from None
+        fits = isinstance(splits, dict) and all(
+            isinstance(splits.get(site.name), dict)
+            and all(
+                isinstance(i, int) and 0 <= i < len(site)
+                for split in SPLITS
+                for i in splits[site.name].get(split, [])
+            )
+            for site in data.sites
+        )
+        return (splits, str(candidate)) if fits else None
+    return None
+
+
+def check_compatible(info: ModelInfo, data: FederatedData) -> None:
+    """The data set must have the model's classes and channels."""
+    if data.num_classes != info.num_classes or data.in_channels != info.in_channels:
+        raise DataError(
+            f"data set {data.name!r} has {data.num_classes} classes and {data.in_channels} "
+            f"channels, but {checkpoint_label(info.path)} was trained for "
+            f"{info.num_classes} classes and {info.in_channels} channels"
+        )
+
+
+def evaluate_checkpoint(
+    checkpoint_path: str | Path,
+    split: str = "test",
+    site: str | None = None,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    cache: str | None = None,
+) -> Evaluation:
+    """Score a checkpoint with :func:`fedbcs_lightning.evaluation.metrics.evaluate`
+    (Dice, HD95, ASSD) on one split of each site (or of ``site``).
+
+    The data set is the checkpoint's unless ``dataset``, ``data_root`` or ``cache`` say
+    otherwise. The split is the run's ``splits.json`` when it fits the data, else the
+    seeded split of the checkpoint's config (the same function that made it). Batches,
+    sliding windows and regions are those of training-time evaluation, so the checkpoint
+    of a run's last round reproduces the run's ``test_last`` scores. (A FedBN checkpoint
+    holds the first site's BatchNorm tensors; the other sites' stayed with them, so their
+    scores here can differ from the run's.) A per-site (``local``) checkpoint scores each
+    site with its own model.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose {', '.join(SPLITS)}")
+    checkpoint_path = Path(checkpoint_path)
+    checkpoint = load_checkpoint(checkpoint_path)
+    info = read_info(checkpoint_path, checkpoint)
+    config = evaluation_config(info.config, dataset, data_root, cache)
+    data = load_dataset(config)
+    check_compatible(info, data)
+    names = [s.name for s in data.sites]
+    if site is not None and site not in names:
+        raise DataError(
+            f"data set {data.name!r} has no site {site!r}; its sites: {', '.join(names)}"
+        )
+    recorded = (
+        recorded_splits(checkpoint_path, data)
+        if config.data.name == info.config.data.name
+        else None
+    )
+    if recorded:
+        splits, source = recorded
+    else:
+        splits = make_splits(
+            data, config.data.val_fraction, config.data.test_fraction, config.run.seed
+        )
+        source = f"seeded split (seed {config.run.seed})"
+    per_site_weights = bool(per_site_models(checkpoint["state_dict"]))
+    shared = None if per_site_weights else model_from_checkpoint(checkpoint, info)
+    window = config.data.image_size if data.whole_images else None
+    batch_size = 1 if data.whole_images else config.train.batch_size
+    result = Evaluation(checkpoint_path, info.round, split, source, list(data.regions))
+    for s in data.sites:
+        if site is not None and s.name != site:
+            continue
+        model = shared if shared is not None else model_from_checkpoint(checkpoint, info, s.name)
+        loader = make_loader(
+            SegmentationDataset(s, splits[s.name][split]), batch_size, False, config.run.seed
+        )
+        result.sites[s.name] = evaluate(
+            model, loader, data.regions, surface_metrics=True, window=window
+        )
+    return result

@@ -1,0 +1,145 @@
+"""Build a federation from a config: the backbone, one client per site, their loaders.
+
+Both engines build their clients here, so a site trains the same way in-process and on
+another machine.
+
+Example
+-------
+>>> from fedbcs_lightning.config import resolve
+>>> from fedbcs_lightning.data import load_dataset, make_splits
+>>> from fedbcs_lightning.methods import create_strategy
+>>> cfg = resolve(options={"data": {"image_size": 32, "synthetic": {"sites": 2,
+...     "images_per_site": 6}}, "model": {"width": 4}})
+>>> data = load_dataset(cfg)
+>>> splits = make_splits(data, 0.2, 0.2, seed=0)
+>>> [c.name for c in build_clients(cfg, data, splits, create_strategy(cfg))]
+['site1', 'site2']
+"""
+
+from __future__ import annotations
+
+import lightning as L
+
+from fedbcs_lightning.config import Config
+from fedbcs_lightning.data import (
+    DataError,
+    FederatedData,
+    SegmentationDataset,
+    build_augmentation,
+    make_loader,
+)
+from fedbcs_lightning.federation.client import FederatedClient, SegmentationClientModule
+from fedbcs_lightning.methods import Strategy
+from fedbcs_lightning.models import BACKBONES
+
+
+def build_backbone(config: Config, data: FederatedData):
+    return BACKBONES.get(config.model.backbone).from_config(
+        config.model, in_channels=data.in_channels, num_classes=data.num_classes
+    )
+
+
+def build_clients(
+    config: Config, data: FederatedData, splits: dict, strategy: Strategy
+) -> list[FederatedClient]:
+    """One client per site, all starting from the same initial weights."""
+    L.seed_everything(config.run.seed, verbose=False)
+    template = strategy.configure_backbone(build_backbone(config, data))
+
+    def client(name: str, loaders: dict) -> FederatedClient:
+        backbone = strategy.configure_backbone(build_backbone(config, data))
+        backbone.load_state_dict(template.state_dict())
+        module = SegmentationClientModule(
+            backbone,
+            optimizer=config.train.optimizer,
+            lr=config.train.lr,
+            weight_decay=config.train.weight_decay,
+            momentum=config.train.momentum,
+            hooks=strategy.client_hooks(),
+        )
+        return FederatedClient(
+            name,
+            module,
+            loaders,
+            _num_images(loaders["train"].dataset),
+            data.regions,
+            config.train.local_epochs,
+            config.run.accelerator,
+            window=config.data.image_size if data.whole_images else None,
+        )
+
+    clients = [
+        client(site.name, site_loaders(config, data, site, splits[site.name], _seed(config, k)))
+        for k, site in enumerate(data.sites)
+    ]
+    if strategy.pools_training_data:
+        clients.append(client("pooled", pooled_loaders(config, clients)))
+    return clients
+
+
+def _num_images(dataset) -> int:
+    parts = getattr(dataset, "datasets", [dataset])  # a ConcatDataset has several
+    return sum(len(part.indices) for part in parts)
+
+
+def _seed(config: Config, k: int) -> int:
+    return config.run.seed * 1000 + k
+
+
+def pooled_loaders(config: Config, clients: list[FederatedClient]) -> dict:
+    """One training loader over the union of the clients' training sets."""
+    from torch.utils.data import ConcatDataset
+
+    names = [c.name for c in clients]
+    if "pooled" in names:
+        raise DataError("method pooled adds a client named 'pooled'; rename that site")
+    union = ConcatDataset([c.loaders["train"].dataset for c in clients])
+    loader = make_loader(
+        union,
+        config.train.batch_size,
+        train=True,
+        seed=_seed(config, len(clients)),
+        shuffle=config.train.shuffle,
+    )
+    return {"train": loader}
+
+
+def site_loaders(config: Config, data: FederatedData, site, idx: dict, seed: int) -> dict:
+    """Train/val/test loaders of one site.
+
+    Whole-image data sets train on random crops of ``data.image_size`` and evaluate one
+    whole image at a time (with sliding windows).
+    """
+    crop = config.data.image_size if data.whole_images else None
+    transform = build_augmentation(seed, augment=config.data.augment, crop=crop)
+    foreground_only = config.data.train_foreground_only
+    if foreground_only is None:
+        foreground_only = data.train_foreground_only
+    train = [i for i in idx["train"] if site.masks[i].any()] if foreground_only else idx["train"]
+    if not train:
+        raise DataError(f"site {site.name!r} has no training image with foreground")
+    eval_batch = 1 if data.whole_images else config.train.batch_size
+    repeats = config.data.crops_per_image if data.whole_images else 1
+    return {
+        "train": make_loader(
+            SegmentationDataset(site, train, transform, repeats),
+            config.train.batch_size,
+            train=True,
+            seed=seed,
+            shuffle=config.train.shuffle,
+        ),
+        "val": make_loader(SegmentationDataset(site, idx["val"]), eval_batch, False, seed),
+        "test": make_loader(SegmentationDataset(site, idx["test"]), eval_batch, False, seed),
+    }
+
+
+def describe_data(data: FederatedData) -> dict:
+    """What a checkpoint records about the data: enough to rebuild and use the model."""
+    return {
+        "name": data.name,
+        "class_names": data.class_names,
+        "regions": data.regions,
+        "in_channels": data.in_channels,
+        "sites": [s.name for s in data.sites],
+        "whole_images": data.whole_images,
+    }

@@ -1,0 +1,212 @@
+"""A client: a LightningModule around a backbone, plus the state it keeps between rounds.
+
+:class:`SegmentationClientModule` is the Lightning side (training step, loss, optimiser).
+:class:`FederatedClient` is the seam a federated loop (in-process or Flower) talks to:
+``fit(instruction) -> ClientUpdate`` and ``evaluate(instruction, split) -> metrics``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import lightning as L
+import torch
+
+from fedbcs_lightning.evaluation.metrics import evaluate
+from fedbcs_lightning.methods.base import ClientHook, ClientUpdate, Instruction
+from fedbcs_lightning.models.base import SegmentationBackbone
+from fedbcs_lightning.models.losses import segmentation_loss
+from fedbcs_lightning.rng import loader_rng_state, restore_loader_rng
+
+for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=r".*The number of training batches.*")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+class SegmentationClientModule(L.LightningModule):
+    """Training step = ``(CE + Dice) / 2`` plus whatever the method's hooks add.
+
+    Override :meth:`compute_loss` for another segmentation loss, or
+    :meth:`configure_optimizers` for another optimiser.
+
+    Example
+    -------
+    >>> from fedbcs_lightning.models.unet import UNet
+    >>> module = SegmentationClientModule(UNet(3, 2, width=4), optimizer="sgd", lr=0.01)
+    >>> type(module.configure_optimizers()).__name__
+    'SGD'
+    """
+
+    def __init__(
+        self,
+        backbone: SegmentationBackbone,
+        optimizer: str = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        momentum: float = 0.0,
+        hooks: list[ClientHook] | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.optimizer_name = optimizer
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.momentum = momentum
+        self.hooks = list(hooks or [])
+        self.optimizer_state: dict[str, Any] | None = None
+        self.loss_sums: dict[str, float] = {}
+        self.steps = 0
+        self._recorded_step: tuple[int, int] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def compute_loss(self, output, target: torch.Tensor) -> torch.Tensor:
+        return segmentation_loss(output.logits, target)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, masks = batch
+        output = self.backbone.forward_features(images)
+        losses = {"seg": self.compute_loss(output, masks)}
+        for hook in self.hooks:
+            losses.update(hook.extra_losses(self, batch, output))
+        total = sum(losses.values())
+        losses["total"] = total
+        step = (self.current_epoch, batch_idx)
+        if step != self._recorded_step:  # an optimiser may evaluate a batch twice
+            self._recorded_step = step
+            for key, value in losses.items():
+                self.loss_sums[key] = self.loss_sums.get(key, 0.0) + float(value.detach())
+            self.steps += 1
+        self._last_output = (batch, output)
+        return total
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        batch, output = self._last_output
+        for hook in self.hooks:
+            hook.on_train_batch_end(self, batch, output, self.current_epoch)
+        del self._last_output
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        optimizer = self.build_optimizer()
+        for hook in self.hooks:
+            optimizer = hook.configure_optimizer(self, optimizer)
+        return optimizer
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The plain optimiser named by ``optimizer`` (hooks may wrap it)."""
+        params = self.parameters()
+        if self.optimizer_name == "sgd":
+            return torch.optim.SGD(
+                params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+            )
+        if self.optimizer_name == "adamw":
+            return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        if self.optimizer_name == "adam":
+            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        raise ValueError(f"unknown optimizer {self.optimizer_name!r}; use adam, adamw or sgd")
+
+    def on_train_start(self) -> None:
+        # Each client keeps its optimiser (e.g. Adam moments) across rounds.
+        if self.optimizer_state is not None:
+            self.trainer.optimizers[0].load_state_dict(self.optimizer_state)
+
+    def on_train_end(self) -> None:
+        self.optimizer_state = self.trainer.optimizers[0].state_dict()
+
+
+class FederatedClient:
+    """One site: its module, its loaders and the local state that outlives a round.
+
+    Example
+    -------
+    See :func:`fedbcs_lightning.api.fit`, which builds one per site.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        module: SegmentationClientModule,
+        loaders: dict[str, Any],
+        num_train_examples: int,
+        regions: dict[str, list[int]],
+        local_epochs: int = 1,
+        accelerator: str = "cpu",
+        window: int | None = None,
+    ) -> None:
+        self.name = name
+        self.module = module
+        self.loaders = loaders
+        self.num_train_examples = num_train_examples
+        self.regions = regions
+        self.local_epochs = local_epochs
+        self.accelerator = accelerator
+        self.window = window
+
+    def load(self, instruction: Instruction) -> None:
+        """Load the weights the server sent; keys it left out stay local."""
+        result = self.module.backbone.load_state_dict(instruction.weights, strict=False)
+        if result.unexpected_keys:
+            raise KeyError(f"client {self.name}: unexpected weights {result.unexpected_keys[:5]}")
+
+    def get_weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.module.backbone.state_dict().items()}
+
+    def fit(self, instruction: Instruction) -> ClientUpdate:
+        self.load(instruction)
+        for hook in self.module.hooks:
+            hook.on_fit_start(self.module, instruction)
+        self.module.loss_sums, self.module.steps, self.module._recorded_step = {}, 0, None
+        trainer = L.Trainer(
+            max_epochs=self.local_epochs,
+            accelerator=self.accelerator,
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+        )
+        trainer.fit(self.module, train_dataloaders=self.loaders["train"])
+        payload: dict[str, Any] = {}
+        for hook in self.module.hooks:
+            payload.update(hook.on_fit_end(self.module))
+        steps = max(self.module.steps, 1)
+        metrics = {f"loss/{k}": v / steps for k, v in self.module.loss_sums.items()}
+        self.module.cpu()
+        return ClientUpdate(
+            self.name, self.get_weights(), self.num_train_examples, metrics, payload
+        )
+
+    def evaluate(
+        self, instruction: Instruction, split: str = "val", surface_metrics: bool = False
+    ) -> dict[str, float]:
+        self.load(instruction)
+        return evaluate(
+            self.module.backbone,
+            self.loaders[split],
+            self.regions,
+            surface_metrics=surface_metrics,
+            window=self.window,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Local state that must survive between rounds (optimiser, local weights, hooks)."""
+        return {
+            "optimizer": self.module.optimizer_state,
+            "weights": self.get_weights(),
+            "hooks": [hook.state_dict() for hook in self.module.hooks],
+            "rng": loader_rng_state(self.loaders["train"]),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.optimizer_state = state["optimizer"]
+        self.module.backbone.load_state_dict(state["weights"])
+        for hook, hook_state in zip(self.module.hooks, state["hooks"], strict=True):
+            hook.load_state_dict(hook_state)
+        restore_loader_rng(self.loaders["train"], state["rng"])

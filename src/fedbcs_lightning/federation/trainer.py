@@ -1,0 +1,166 @@
+"""The federated loop: rounds of configure -> local fit -> aggregate -> validate.
+
+The loop knows nothing about any method; strategies and callbacks plug in.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedbcs_lightning.callbacks.base import FederatedCallback
+from fedbcs_lightning.federation.client import FederatedClient
+from fedbcs_lightning.methods.base import Strategy, Weights
+
+
+@dataclass
+class FitResult:
+    """Per-site test metrics of the model selected on validation and of the last round."""
+
+    best_round: int
+    test_selected: dict[str, dict[str, float]]
+    test_last: dict[str, dict[str, float]]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    selected_weights: Weights | None = None
+    last_weights: Weights | None = None
+
+
+class FederatedTrainer:
+    """Runs ``rounds`` rounds over ``clients`` with ``strategy``.
+
+    Each round, the clients the strategy configures (all, by default) train, and those it
+    configures for evaluation are scored. The model selected for the final report is the
+    round with the best mean validation Dice over sites; the last round is reported beside
+    it. Test data is used only at the end.
+
+    Example
+    -------
+    See :func:`fedbcs_lightning.api.fit`.
+    """
+
+    def __init__(
+        self,
+        clients: list[FederatedClient],
+        strategy: Strategy,
+        rounds: int,
+        callbacks: list[FederatedCallback] | None = None,
+        selection_metric: str = "dice",
+    ) -> None:
+        if not clients:
+            raise ValueError("a federation needs at least one client")
+        self.clients = {c.name: c for c in clients}
+        self.strategy = strategy
+        self.rounds = rounds
+        self.callbacks = list(callbacks or [])
+        self.selection_metric = selection_metric
+        self.server_round = 0
+        self.round_clients: list[str] = list(self.clients)  # the clients training this round
+        self.history: list[dict[str, Any]] = []
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+    def evaluate(self, weights: Weights, split: str, surface_metrics: bool = False):
+        names = list(self.clients)
+        instructions = self.strategy.configure_evaluate(self.server_round, weights, names)
+        per_site = {
+            name: self.clients[name].evaluate(instruction, split, surface_metrics)
+            for name, instruction in instructions.items()
+        }
+        return per_site, self.strategy.aggregate_evaluate(self.server_round, per_site)
+
+    def fit(self, weights: Weights) -> FitResult:
+        """Train from ``weights``, or, after :meth:`load_state_dict`, from where the saved
+        run stopped (``weights`` is then ignored)."""
+        names = list(self.clients)
+        if self.server_round == 0:
+            self.weights = weights
+            self.best_score, self.best_round = -float("inf"), 0
+            self.best_weights = copy.deepcopy(weights)
+        self._call("on_fit_start")
+        for server_round in range(self.server_round + 1, self.rounds + 1):
+            self.server_round = server_round
+            instructions = self.strategy.configure_train(server_round, self.weights, names)
+            self.round_clients = list(instructions)
+            self._call("on_round_start", server_round)
+            updates = []
+            for name, instruction in instructions.items():
+                self._call("on_client_fit_start", server_round, name)
+                update = self.clients[name].fit(instruction)
+                updates.append(update)
+                self._call("on_client_fit_end", server_round, update)
+            self.weights, aggregate_metrics = self.strategy.aggregate_train(server_round, updates)
+            self._call("on_aggregate_end", server_round, aggregate_metrics)
+            per_site, mean = self.evaluate(self.weights, "val")
+            record = {
+                "round": server_round,
+                "train": {u.client: u.metrics for u in updates},
+                "aggregate": aggregate_metrics,
+                "val": {"sites": per_site, "mean": mean},
+            }
+            self.history.append(record)
+            if mean[self.selection_metric] > self.best_score:
+                self.best_score, self.best_round = mean[self.selection_metric], server_round
+                self.best_weights = copy.deepcopy(self.weights)
+            self._call("on_round_end", server_round, record)
+        test_last, _ = self.evaluate(self.weights, "test", surface_metrics=True)
+        test_selected = (
+            test_last
+            if self.best_round == self.server_round
+            else self.evaluate(self.best_weights, "test", surface_metrics=True)[0]
+        )
+        result = FitResult(
+            self.best_round,
+            test_selected,
+            test_last,
+            self.history,
+            self.best_weights,
+            self.weights,
+        )
+        self._call("on_fit_end", result)
+        return result
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue after the current round exactly as an
+        uninterrupted run would: global and selected weights, history, each client's local
+        state, the strategy's and the callbacks' state, and the random generators."""
+        from fedbcs_lightning.rng import global_rng_state
+
+        return {
+            "round": self.server_round,
+            "weights": self.weights,
+            "best": {
+                "score": self.best_score,
+                "round": self.best_round,
+                "weights": self.best_weights,
+            },
+            "history": self.history,
+            "clients": {name: client.state_dict() for name, client in self.clients.items()},
+            "strategy": self.strategy.state_dict(),
+            "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks},
+            "rng": global_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the next :meth:`fit` continues with the next round."""
+        from fedbcs_lightning.rng import restore_global_rng
+
+        missing = sorted(set(self.clients) - set(state["clients"]))
+        if missing:
+            raise ValueError(f"the checkpoint has no state for clients {missing}")
+        self.server_round = state["round"]
+        self.weights = state["weights"]
+        best = state["best"]
+        self.best_score, self.best_round = best["score"], best["round"]
+        self.best_weights = best["weights"]
+        self.history = list(state["history"])
+        for name, client in self.clients.items():
+            client.load_state_dict(state["clients"][name])
+        self.strategy.load_state_dict(state["strategy"])
+        for callback in self.callbacks:
+            saved = state["callbacks"].get(type(callback).__name__)
+            if saved is not None:
+                callback.load_state_dict(saved)
+        restore_global_rng(state["rng"])

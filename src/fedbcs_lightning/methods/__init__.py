@@ -1,0 +1,31 @@
+"""Federated methods (the `--method` word): server-side strategies, their client hooks,
+and the prototype machinery FedBCS and FPL share."""
+
+from __future__ import annotations
+
+from fedbcs_lightning.catalog import METHODS
+from fedbcs_lightning.methods.base import (
+    ClientHook,
+    ClientUpdate,
+    Instruction,
+    Strategy,
+    Weights,
+    weighted_average,
+)
+
+
+def create_strategy(config) -> Strategy:
+    """Build the strategy named by ``config.train.method``."""
+    return METHODS.get(config.train.method).from_config(config)
+
+
+__all__ = [
+    "METHODS",
+    "ClientHook",
+    "ClientUpdate",
+    "Instruction",
+    "Strategy",
+    "Weights",
+    "create_strategy",
+    "weighted_average",
+]

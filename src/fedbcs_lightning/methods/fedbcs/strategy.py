@@ -1,0 +1,194 @@
+"""FedBCS: FedAvg + frequency-domain style recalibration + dual-level prototype alignment.
+
+Server: weighted averaging of all weights (FSR and fusion layers included) composed with
+prototype aggregation (FINCH per level and class). Client: the alignment loss against the
+global prototypes (from round 2 on) and, during the last local epoch, the local class
+prototypes to upload.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fedbcs_lightning.config import FedBCSConfig
+from fedbcs_lightning.methods.base import (
+    ClientHook,
+    ClientUpdate,
+    Instruction,
+    Weights,
+    weighted_average,
+)
+from fedbcs_lightning.methods.fedavg import FedAvg
+from fedbcs_lightning.methods.fedbcs.alignment import alignment_loss
+from fedbcs_lightning.methods.fedbcs.context import DualLevelDescriptors, resize_labels
+from fedbcs_lightning.methods.fedbcs.fsr import build_fsr
+from fedbcs_lightning.methods.prototypes import (
+    PrototypeAccumulator,
+    PrototypeBank,
+    aggregate_prototypes,
+)
+
+DESCRIPTORS = "prototype_descriptors"
+
+
+def sample_anchors(labels: torch.Tensor, max_per_class: int = 0):
+    """Foreground pixels ``(batch, y, x)``; with ``max_per_class``, a uniform random subset
+    of at most that many per class (an unbiased estimate of the per-class mean loss)."""
+    b, y, x = torch.nonzero(labels != 0, as_tuple=True)
+    if max_per_class <= 0:
+        return b, y, x
+    classes = labels[b, y, x]
+    keep = []
+    for cls in classes.unique():
+        members = torch.nonzero(classes == cls).flatten()
+        if len(members) > max_per_class:
+            members = members[torch.randperm(len(members), device=members.device)[:max_per_class]]
+        keep.append(members)
+    keep = torch.cat(keep).sort().values
+    return b[keep], y[keep], x[keep]
+
+
+class PrototypeAlignment(ClientHook):
+    """Client side of CDPA: alignment loss and local prototypes."""
+
+    def __init__(self, options: FedBCSConfig, local_epochs: int) -> None:
+        self.options = options
+        self.local_epochs = local_epochs
+        self.global_bank: PrototypeBank | None = None
+        self.accumulator = PrototypeAccumulator(options.prototype_mean)
+        self._pending: tuple[dict, torch.Tensor] | None = None
+
+    def on_fit_start(self, module: Any, instruction: Instruction) -> None:
+        bank = instruction.config.get("prototypes")
+        self.global_bank = PrototypeBank.from_dict(bank) if bank else None
+        self.accumulator = PrototypeAccumulator(self.options.prototype_mean)
+
+    def extra_losses(self, module: Any, batch: Any, output: Any) -> dict[str, torch.Tensor]:
+        _, masks = batch
+        last_epoch = module.current_epoch == self.local_epochs - 1
+        if self.global_bank is None and not last_epoch:
+            return {}
+        descriptors = getattr(module.backbone, DESCRIPTORS)(output)
+        self._pending = (descriptors, masks) if last_epoch else None
+        if self.global_bank is None:
+            return {}
+        losses = {}
+        share = self.options.weight / len(descriptors)
+        for level, descriptor in descriptors.items():
+            labels = resize_labels(masks, descriptor.size)
+            b, y, x = sample_anchors(labels, self.options.max_anchors)
+            loss = alignment_loss(
+                descriptor.at(b, y, x),
+                labels[b, y, x],
+                self.global_bank,
+                level,
+                self.options.tau,
+                self.options.alignment,
+            )
+            losses[f"align/{level}"] = share * loss
+        return losses
+
+    @torch.no_grad()
+    def on_train_batch_end(self, module: Any, batch: Any, output: Any, epoch: int) -> None:
+        if self._pending is None:
+            return
+        descriptors, masks = self._pending
+        for level, descriptor in descriptors.items():
+            labels = resize_labels(masks, descriptor.size)
+            sums, counts = descriptor.class_sums(labels, module.backbone.num_classes)
+            self.accumulator.add(level, sums, counts)
+        self._pending = None
+
+    def on_fit_end(self, module: Any) -> dict[str, Any]:
+        return {"prototypes": self.accumulator.bank().to_dict()}
+
+
+class FedBCS(FedAvg):
+    """FedBCS strategy; ``options`` switch its parts on and off (ablations).
+
+    Example
+    -------
+    >>> from fedbcs_lightning.config import FedBCSConfig
+    >>> from fedbcs_lightning.models.unet import UNet
+    >>> strategy = FedBCS(FedBCSConfig(prototype_dim=8))
+    >>> net = strategy.configure_backbone(UNet(3, 2, width=4))
+    >>> sorted(net.encoder_transforms)
+    ['1', '2', '3']
+    """
+
+    name = "fedbcs"
+
+    def __init__(self, options: FedBCSConfig | None = None, local_epochs: int = 1) -> None:
+        super().__init__()
+        self.options = options or FedBCSConfig()
+        self.local_epochs = local_epochs
+        self.global_prototypes: PrototypeBank | None = None
+
+    @classmethod
+    def from_config(cls, config) -> FedBCS:
+        return cls(config.fedbcs, config.train.local_epochs)
+
+    def configure_backbone(self, backbone: Any) -> Any:
+        opts = self.options
+        if opts.fsr:
+            for level in opts.fsr_levels:
+                if level > len(backbone.encoder_channels):
+                    raise ValueError(
+                        f"fedbcs.fsr_levels: level {level} does not exist; the backbone has "
+                        f"{len(backbone.encoder_channels)} encoder levels"
+                    )
+                channels = backbone.encoder_channels[level - 1]
+                backbone.set_encoder_transform(
+                    level - 1, build_fsr(channels, opts.fsr_mode, opts.fsr_bands)
+                )
+        if opts.cdpa:
+            backbone.add_module(
+                DESCRIPTORS,
+                DualLevelDescriptors(backbone, opts.prototype_dim, opts.prototype_levels),
+            )
+        return backbone
+
+    def client_hooks(self) -> list[ClientHook]:
+        return [PrototypeAlignment(self.options, self.local_epochs)] if self.options.cdpa else []
+
+    def configure_train(
+        self, server_round: int, weights: Weights, clients: list[str]
+    ) -> dict[str, Instruction]:
+        instructions = super().configure_train(server_round, weights, clients)
+        bank = self.global_prototypes.to_dict() if self.global_prototypes else None
+        for instruction in instructions.values():
+            instruction.config["prototypes"] = bank
+        return instructions
+
+    def aggregate_train(
+        self, server_round: int, updates: list[ClientUpdate]
+    ) -> tuple[Weights, dict[str, float]]:
+        weights = weighted_average(updates, self.weight_of)
+        metrics: dict[str, float] = {}
+        if self.options.cdpa:
+            banks = [PrototypeBank.from_dict(u.payload["prototypes"]) for u in updates]
+            self.global_prototypes, clusters = aggregate_prototypes(banks, self.options.clustering)
+            metrics.update({f"clusters/{key}": n for key, n in clusters.items()})
+        metrics.update(fsr_mixing_weights(weights))
+        return weights, metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"prototypes": self.global_prototypes.to_dict() if self.global_prototypes else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        bank = state.get("prototypes")
+        self.global_prototypes = PrototypeBank.from_dict(bank) if bank else None
+
+
+def fsr_mixing_weights(weights: Weights, temperature: float = 0.1) -> dict[str, float]:
+    """``fsr/level<k>/normalised``: the share of the instance-normalised amplitude per FSR
+    layer (mean over bands for the band variant)."""
+    out = {}
+    for key, logits in weights.items():
+        if key.startswith("encoder_transforms.") and key.endswith(".mix_logits"):
+            level = int(key.split(".")[1]) + 1
+            lam = torch.softmax(logits.float() / temperature, dim=-1)
+            out[f"fsr/level{level}/normalised"] = float(lam[..., 0].mean())
+    return out

@@ -1,0 +1,41 @@
+import json
+
+import pytest
+
+from fedbcs_lightning.data import DataError
+from fedbcs_lightning.evaluation.scoring import evaluate_checkpoint
+from tests.helpers import last, same
+
+
+@pytest.mark.parametrize("run", ["fedbcs_run", "local_run", "fedbn_run"])
+def test_evaluate_checkpoint_reproduces_the_runs_test_scores(run, request):
+    run = request.getfixturevalue(run)
+    result = evaluate_checkpoint(last(run))
+    summary = json.loads((run.run_dir / "summary.json").read_text())["test_last"]["sites"]
+    assert result.sites.keys() == summary.keys()
+    for site, scores in summary.items():
+        assert {"assd", "assd/disc", "hd95/cup"} <= scores.keys()
+        assert result.sites[site].keys() == scores.keys()
+        for key, value in scores.items():
+            assert same(result.sites[site][key], value), (site, key)
+    assert result.splits_source == str(run.run_dir / "splits.json")
+
+
+def test_evaluate_one_site_on_another_split(fedbcs_run):
+    result = evaluate_checkpoint(last(fedbcs_run), split="val", site="site2")
+    assert list(result.sites) == ["site2"] and result.split == "val"
+    assert 0.0 <= result.sites["site2"]["dice"] <= 1.0
+    assert result.mean == result.sites["site2"]
+    with pytest.raises(DataError, match="no site 'site9'; its sites: site1, site2"):
+        evaluate_checkpoint(last(fedbcs_run), site="site9")
+    with pytest.raises(ValueError, match="unknown split 'all'"):
+        evaluate_checkpoint(last(fedbcs_run), split="all")
+
+
+def test_evaluate_recomputes_the_seeded_split_without_splits_json(fedbcs_run, tmp_path):
+    copy = tmp_path / "last.pt"
+    copy.write_bytes(last(fedbcs_run).read_bytes())
+    result = evaluate_checkpoint(copy)
+    assert result.splits_source == "seeded split (seed 0)"
+    summary = json.loads((fedbcs_run.run_dir / "summary.json").read_text())["test_last"]["sites"]
+    assert all(same(result.sites[s]["dice"], summary[s]["dice"]) for s in summary)

@@ -1,0 +1,130 @@
+import torch
+
+from fedbcs_lightning.callbacks import FederatedCallback
+from fedbcs_lightning.data import load_dataset, make_splits
+from fedbcs_lightning.federation.build import build_clients
+from fedbcs_lightning.federation.trainer import FederatedTrainer
+from fedbcs_lightning.methods import ClientHook, Strategy, weighted_average
+from fedbcs_lightning.methods.fedavg import FedAvg
+
+
+def _federation(cfg, strategy):
+    data = load_dataset(cfg)
+    splits = make_splits(data, cfg.data.val_fraction, cfg.data.test_fraction, cfg.run.seed)
+    return build_clients(cfg, data, splits, strategy)
+
+
+class Recorder(FederatedCallback):
+    def __init__(self):
+        self.events = []
+
+    def on_fit_start(self, trainer):
+        self.events.append("fit_start")
+
+    def on_round_start(self, trainer, r):
+        self.events.append(f"round_start{r}")
+
+    def on_client_fit_start(self, trainer, r, client):
+        self.events.append(f"client_start{r}:{client}")
+
+    def on_client_fit_end(self, trainer, r, update):
+        self.events.append(f"client_end{r}:{update.client}")
+
+    def on_aggregate_end(self, trainer, r, metrics):
+        self.events.append(f"aggregate{r}")
+
+    def on_round_end(self, trainer, r, record):
+        self.events.append(f"round_end{r}")
+
+    def on_fit_end(self, trainer, result):
+        self.events.append("fit_end")
+
+
+def test_loop_calls_hooks_in_order_and_selects_on_validation(tiny_config):
+    clients = _federation(tiny_config, FedAvg())
+    recorder = Recorder()
+    trainer = FederatedTrainer(clients, FedAvg(), rounds=2, callbacks=[recorder])
+    result = trainer.fit(clients[0].get_weights())
+    per_round = [
+        "round_start{r}",
+        "client_start{r}:site1",
+        "client_end{r}:site1",
+        "client_start{r}:site2",
+        "client_end{r}:site2",
+        "aggregate{r}",
+        "round_end{r}",
+    ]
+    expected = ["fit_start"] + [e.format(r=r) for r in (1, 2) for e in per_round] + ["fit_end"]
+    assert recorder.events == expected
+    val = [h["val"]["mean"]["dice"] for h in result.history]
+    assert result.best_round == 1 + max(range(len(val)), key=val.__getitem__)
+    assert set(result.test_last) == {"site1", "site2"}
+    assert "hd95" in result.test_last["site1"]
+
+
+class AddOne(ClientHook):
+    """A method's client side: an extra loss term and an uploaded payload."""
+
+    def __init__(self):
+        self.received = None
+        self.calls = 0
+
+    def on_fit_start(self, module, instruction):
+        self.received = instruction.config["note"]
+
+    def extra_losses(self, module, batch, output):
+        self.calls += 1
+        return {"extra": output.logits.mean() * 0}
+
+    def on_fit_end(self, module):
+        return {"calls": self.calls, "echo": self.received}
+
+
+class NoteStrategy(Strategy):
+    """A new method that plugs in without touching the loop."""
+
+    def __init__(self):
+        self.payloads = []
+
+    def client_hooks(self):
+        return [AddOne()]
+
+    def configure_train(self, server_round, weights, clients):
+        instructions = super().configure_train(server_round, weights, clients)
+        for c in clients:
+            instructions[c].config["note"] = f"hello {c}"
+        return instructions
+
+    def aggregate_train(self, server_round, updates):
+        self.payloads.append({u.client: u.payload for u in updates})
+        return weighted_average(updates), {"seen": len(updates)}
+
+
+def test_strategy_and_client_hooks_plug_in(tiny_config):
+    strategy = NoteStrategy()
+    clients = _federation(tiny_config, strategy)
+    result = FederatedTrainer(clients, strategy, rounds=2).fit(clients[0].get_weights())
+    first = strategy.payloads[0]
+    assert first["site1"]["echo"] == "hello site1" and first["site1"]["calls"] > 0
+    assert "loss/extra" in result.history[0]["train"]["site1"]
+    assert result.history[1]["aggregate"] == {"seen": 2}
+
+
+def test_clients_keep_optimizer_state_across_rounds(tiny_config):
+    clients = _federation(tiny_config, FedAvg())
+    client = clients[0]
+    weights = client.get_weights()
+    from fedbcs_lightning.methods import Instruction
+
+    client.fit(Instruction(weights))
+    steps_one = client.module.steps
+    state = client.module.optimizer_state["state"][0]["step"].item()
+    assert state == steps_one
+    client.fit(Instruction(weights))
+    assert client.module.optimizer_state["state"][0]["step"].item() == state + client.module.steps
+
+
+def test_all_clients_start_from_the_same_weights(tiny_config):
+    clients = _federation(tiny_config, FedAvg())
+    a, b = clients[0].get_weights(), clients[1].get_weights()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,126 @@
+"""The package's shape: imports point one way, modules stay small, the tree reads as a
+table of contents and the README's layout section names every part of it."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "fedbcs_lightning"
+
+# Lower layers never import higher ones. Modules of one layer may import each other.
+LAYERS = [
+    ("core", ["registry", "catalog", "io", "rng", "config"]),
+    ("data", ["data"]),
+    ("leaves", ["models", "evaluation.metrics", "reporting.visualize"]),
+    ("methods", ["methods"]),
+    ("outputs", ["evaluation", "reporting"]),
+    ("callbacks", ["callbacks"]),
+    ("federation", ["federation"]),
+    ("api", ["api"]),
+]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(p for p in parts if p != "__init__")
+
+
+def layer_of(module: str) -> int:
+    """The layer of ``module`` (dotted, without the package name): its longest prefix."""
+    best, rank = -1, None
+    for k, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+                best, rank = len(prefix), k
+    assert rank is not None, f"module {module!r} belongs to no layer; add it to LAYERS"
+    return rank
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module imported anywhere in ``path``, function-level imports included."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def library_modules():
+    return sorted(p for p in PACKAGE.rglob("*.py"))
+
+
+def internal(imported: set[str]) -> set[str]:
+    prefix = "fedbcs_lightning."
+    return {m[len(prefix) :] for m in imported if m.startswith(prefix)}
+
+
+def resolvable(name: str) -> bool:
+    """A dotted name that is a module or package of the library (not an attribute)."""
+    relative = PACKAGE.joinpath(*name.split("."))
+    return relative.with_suffix(".py").is_file() or (relative / "__init__.py").is_file()
+
+
+@pytest.mark.parametrize("path", library_modules(), ids=module_name)
+def test_imports_point_down(path):
+    name = module_name(path)
+    own = layer_of(name) if name else 0  # the package's own __init__ re-exports core names
+    imported = imports_of(path)
+    assert not {m for m in imported if m.split(".")[0] == "fedbcs_cli"}, "imports the CLI"
+    for target in filter(resolvable, internal(imported)):
+        assert layer_of(target) <= own, (
+            f"{module_name(path)} ({LAYERS[own][0]}) imports {target} "
+            f"({LAYERS[layer_of(target)][0]}), a higher layer"
+        )
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in library_modules() if "methods" in p.parts], ids=module_name
+)
+def test_method_parts_never_import_the_loop_or_the_data(path):
+    forbidden = ("data", "federation", "callbacks", "api")
+    bad = [m for m in internal(imports_of(path)) if m.split(".")[0] in forbidden]
+    assert not bad, f"{module_name(path)} imports {bad}"
+
+
+def test_modules_stay_small_and_the_top_level_short():
+    long = {
+        module_name(p): n for p in library_modules() if (n := len(p.read_text().splitlines())) > 400
+    }
+    assert not long, f"modules over 400 lines: {long}"
+    top = [p for p in PACKAGE.glob("*.py") if p.name != "__init__.py"]
+    assert len(top) <= 10, f"{len(top)} modules at the top level: {sorted(p.name for p in top)}"
+
+
+@pytest.mark.parametrize("path", library_modules(), ids=module_name)
+def test_every_module_says_what_it_is_for(path):
+    docstring = ast.get_docstring(ast.parse(path.read_text()))
+    assert docstring and docstring.strip(), f"{path.relative_to(ROOT)} has no docstring"
+
+
+def test_tests_mirror_the_source_tree():
+    for package in [p for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()]:
+        if package.name == "presets":
+            continue
+        assert (ROOT / "tests" / package.name).is_dir(), f"no tests/{package.name}/"
+
+
+def test_readme_layout_names_every_part_of_the_package():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## Layout\n\n```text\n(.*?)```", readme, flags=re.S).group(1)
+    entries = [p for p in PACKAGE.iterdir() if p.name not in ("__init__.py", "__pycache__")]
+    for entry in entries:
+        if entry.suffix == ".py":
+            assert re.search(rf"\b{entry.name}\b", block), f"README layout lacks {entry.name}"
+        elif (entry / "__init__.py").is_file():
+            assert f"{entry.name}/" in block, f"README layout lacks {entry.name}/"
+            for module in entry.glob("*.py"):
+                if module.name != "__init__.py":
+                    assert re.search(rf"\b{module.stem}\b", block), (
+                        f"README layout lacks {entry.name}/{module.name}"
+                    )

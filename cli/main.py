@@ -5,6 +5,7 @@ Only cheap modules are imported at start-up; torch and Lightning load inside com
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -82,6 +83,13 @@ def fit(
             "(only --rounds may be given with it, to train longer)."
         ),
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="Write into a non-empty --output folder, replacing the files an earlier run "
+            "wrote there (other files stay)."
+        ),
+    ] = False,
 ) -> None:
     """Train a federation and print per-site test Dice."""
     if resume is not None:
@@ -90,7 +98,7 @@ def fit(
             "--clients": clients, "--batch-size": batch_size, "--lr": lr,
             "--image-size": image_size, "--seed": seed, "--data-root": data_root,
             "--cache": cache, "--config": config, "--output": output, "--set": set_,
-            "--logger": logger,
+            "--logger": logger, "--overwrite": overwrite,
         }  # fmt: skip
         extra = [name for name, value in given.items() if value]
         if extra:
@@ -123,27 +131,43 @@ def fit(
         _fail(str(err))
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     from fedbcs_lightning.api import fit as run_fit
-    from fedbcs_lightning.data import DataError
 
-    try:
-        run = run_fit(cfg)
-    except (ConfigError, DataError, FileNotFoundError) as err:
-        _fail(str(err), code=1)
+    with _run_errors():
+        run = run_fit(cfg, overwrite=overwrite)
     typer.echo("")
     typer.echo(run.summary_table())
     typer.echo(f"\nrun directory: {run.run_dir}")
 
 
-def _resume(run_dir: Path, rounds: int | None) -> None:
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+@contextlib.contextmanager
+def _run_errors():
+    """Turn the errors a fit or resume reports to its user into one message and exit 1."""
     from fedbcs_lightning.api import ResumeError
-    from fedbcs_lightning.api import resume as run_resume
     from fedbcs_lightning.data import DataError
+    from fedbcs_lightning.federation.updates import FederationStopped
+    from fedbcs_lightning.io import DiskFullError
+    from fedbcs_lightning.rundir import RunDirectoryError
 
     try:
-        run = run_resume(run_dir, rounds)
-    except (ResumeError, ConfigError, DataError, FileNotFoundError) as err:
+        yield
+    except (
+        FederationStopped,
+        ResumeError,
+        ConfigError,
+        DataError,
+        FileNotFoundError,
+        RunDirectoryError,
+        DiskFullError,
+    ) as err:
         _fail(str(err), code=1)
+
+
+def _resume(run_dir: Path, rounds: int | None) -> None:
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    from fedbcs_lightning.api import resume as run_resume
+
+    with _run_errors():
+        run = run_resume(run_dir, rounds)
     typer.echo("")
     typer.echo(run.summary_table())
     typer.echo(f"\nrun directory: {run.run_dir}")
@@ -177,18 +201,24 @@ def prepare(
         _fail(str(err))
     import warnings
 
-    from fedbcs_lightning.data import DATASETS, DataError
+    from fedbcs_lightning.data import DATASETS, DataError, check_data, make_splits
     from fedbcs_lightning.data.cache import write_cache
+    from fedbcs_lightning.io import DiskFullError
 
+    caught: list = []
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             data = DATASETS.get(cfg.data.name)(cfg)
+            check_data(data)
+            # what fit will do with the cache: fail here, not after a long prepare + load
+            make_splits(data, cfg.data.val_fraction, cfg.data.test_fraction, cfg.run.seed)
+        manifest = write_cache(data, out, cfg.data.image_size)
+    except (DataError, DiskFullError) as err:
+        _fail(str(err), code=1)
+    finally:
         for warning in caught:
             typer.echo(f"warning: {warning.message}", err=True)
-        manifest = write_cache(data, out, cfg.data.image_size)
-    except DataError as err:
-        _fail(str(err), code=1)
     for name, site in manifest["sites"].items():
         typer.echo(f"{name:<16} {site['images']:>6} images  {len(site['sources']):>6} files")
     typer.echo(f"wrote {out}")

@@ -12,7 +12,7 @@ PACKAGE = ROOT / "src" / "fedbcs_lightning"
 
 # Lower layers never import higher ones. Modules of one layer may import each other.
 LAYERS = [
-    ("core", ["registry", "catalog", "io", "rng", "config"]),
+    ("core", ["registry", "catalog", "io", "rng", "rundir", "config"]),
     ("data", ["data"]),
     ("leaves", ["models", "evaluation.metrics", "reporting.visualize"]),
     ("methods", ["methods"]),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,14 +26,16 @@ from fedbcs_lightning.callbacks import (
 )
 from fedbcs_lightning.callbacks.loggers import create_loggers
 from fedbcs_lightning.callbacks.plots import PlotWriter
-from fedbcs_lightning.config import Config, save
+from fedbcs_lightning.config import Config, ConfigError, from_dict, merge, save
 from fedbcs_lightning.data import FederatedData, load_dataset, make_splits
 from fedbcs_lightning.evaluation.metrics import mean_over_sites
-from fedbcs_lightning.federation.build import build_clients, describe_data
+from fedbcs_lightning.federation.build import build_clients, check_setup, describe_data
 from fedbcs_lightning.federation.client import FederatedClient
 from fedbcs_lightning.federation.trainer import FederatedTrainer, FitResult
-from fedbcs_lightning.io import atomic_write_json
+from fedbcs_lightning.federation.updates import FederationStopped, UpdateValidator
+from fedbcs_lightning.io import atomic_write_json, load_checkpoint
 from fedbcs_lightning.methods import create_strategy
+from fedbcs_lightning.rundir import check_new_run_dir, clear_run_files, lock_run_dir
 
 __all__ = ["ResumeError", "RunResult", "build_clients", "fit", "format_summary", "resume"]
 
@@ -58,6 +61,7 @@ def fit(
     run_dir: str | Path | None = None,
     callbacks: list[FederatedCallback] | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> RunResult:
     """Train a federation as ``config`` says; write the run directory; return the results.
 
@@ -66,15 +70,66 @@ def fit(
     resume, see :func:`resume`) and ``plots/`` (validation Dice curves, prediction
     overlays), plus what the loggers of ``run.loggers`` write (``metrics.csv``,
     ``tensorboard/``, ``wandb/``).
+
+    The folder must be new or empty (``overwrite`` replaces an earlier run's files); it is
+    locked while the run lasts (:mod:`fedbcs_lightning.rundir`). The data are loaded before
+    anything is written, and a run that fails before its first round is saved leaves no
+    folder behind (unless the folder existed before).
     """
     run_dir = Path(run_dir or config.run.output or default_run_dir(config))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save(config, run_dir / "config.yaml")
+    check_new_run_dir(run_dir, overwrite)
+    config = with_absolute_paths(config)
+    check_setup(config)
     data, splits = _data(config)
-    atomic_write_json(run_dir / "splits.json", splits)
-    trainer, clients = _trainer(config, data, splits, run_dir, callbacks, progress)
-    result = trainer.fit(clients[0].get_weights())
+    created = not run_dir.exists()
+    with lock_run_dir(run_dir):
+        check_new_run_dir(run_dir, overwrite)  # again, now that no one else can write
+        if overwrite:
+            clear_run_files(run_dir)
+        try:
+            save(config, run_dir / "config.yaml")
+            atomic_write_json(run_dir / "splits.json", splits)
+            trainer, clients = _trainer(config, data, splits, run_dir, callbacks, progress)
+            result = trainer.fit(clients[0].get_weights())
+        except FederationStopped as err:
+            saved = (run_dir / "checkpoints" / "state.pt").exists()
+            if not saved:
+                _remove_stub(run_dir, created)
+            raise FederationStopped(f"{err}\n{_stopped(run_dir, saved)}") from None
+        except BaseException:
+            if not (run_dir / "checkpoints" / "state.pt").exists():
+                _remove_stub(run_dir, created)
+            raise
     return RunResult(config, data, run_dir, result)
+
+
+def _stopped(run_dir: Path, saved: bool) -> str:
+    if not saved:
+        return "The run stopped before any round was saved; nothing was kept."
+    return (
+        f"The run stopped; its rounds so far are saved in {run_dir}. Once the cause is gone "
+        f"(a site's data fixed, enough sites back), continue it: fedbcs fit --resume {run_dir}. "
+        "Training that diverged needs a new run with a lower --lr."
+    )
+
+
+def with_absolute_paths(config: Config) -> Config:
+    """``data.root`` and ``data.cache`` as absolute paths, so that a saved config works
+    from any working folder (``--resume``, ``fedbcs evaluate``)."""
+    updates = {
+        key: str(Path(value).expanduser().resolve())
+        for key, value in (("root", config.data.root), ("cache", config.data.cache))
+        if value
+    }
+    return merge(config, {"data": updates}) if updates else config
+
+
+def _remove_stub(run_dir: Path, created: bool) -> None:
+    """Remove what a failed start wrote (the whole folder if this run created it)."""
+    if created:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    else:
+        clear_run_files(run_dir)
 
 
 class ResumeError(Exception):
@@ -93,11 +148,44 @@ def resume(
     (optimiser, local layers, method state), the strategy's state, the history and all
     random generators are restored, so on CPU the result is bitwise identical to a run
     that was never interrupted. ``rounds`` extends (or sets) the total number of rounds.
+    A run whose rounds are all done but whose final test and checkpoints were not written
+    (it was stopped in between) is finished: only that part runs.
     """
-    from fedbcs_lightning.config import from_dict
-    from fedbcs_lightning.io import load_checkpoint
-
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ResumeError(f"{run_dir} cannot be resumed: no such folder")
+    with lock_run_dir(run_dir):
+        checkpoint = _resumable_state(run_dir)
+        config = from_dict(checkpoint["config"])
+        done = checkpoint["trainer"]["round"]
+        if rounds is not None:
+            if rounds < 1:
+                raise ResumeError(f"--rounds must be at least 1, got {rounds}")
+            config = merge(config, {"train": {"rounds": rounds}})
+        if done > config.train.rounds or (done == config.train.rounds and _finished(run_dir, done)):
+            raise ResumeError(
+                f"{run_dir} already finished round {done} of {config.train.rounds}; "
+                "pass more rounds to train longer"
+            )
+        check_setup(config)
+        data, splits = _data(config)
+        saved_splits = run_dir / "splits.json"
+        if saved_splits.is_file() and json.loads(saved_splits.read_text()) != splits:
+            raise ResumeError(
+                f"the data set's splits differ from {saved_splits}: the data changed since the "
+                "run started"
+            )
+        save(config, run_dir / "config.yaml")
+        trainer, clients = _trainer(config, data, splits, run_dir, callbacks, progress)
+        trainer.load_state_dict(checkpoint["trainer"])
+        try:
+            result = trainer.fit(clients[0].get_weights())
+        except FederationStopped as err:
+            raise FederationStopped(f"{err}\n{_stopped(run_dir, True)}") from None
+    return RunResult(config, data, run_dir, result)
+
+
+def _resumable_state(run_dir: Path) -> dict:
     path = run_dir / "checkpoints" / "state.pt"
     if not path.is_file():
         raise ResumeError(
@@ -110,27 +198,17 @@ def resume(
         raise ResumeError(str(err)) from None
     if "trainer" not in checkpoint:
         raise ResumeError(f"{path} holds weights only, not a resumable training state")
-    config = from_dict(checkpoint["config"])
-    done = checkpoint["trainer"]["round"]
-    if rounds is not None:
-        config.train.rounds = rounds
-    if done >= config.train.rounds:
-        raise ResumeError(
-            f"{run_dir} already finished round {done} of {config.train.rounds}; "
-            "pass more rounds to train longer"
-        )
-    data, splits = _data(config)
-    saved_splits = run_dir / "splits.json"
-    if saved_splits.is_file() and json.loads(saved_splits.read_text()) != splits:
-        raise ResumeError(
-            f"the data set's splits differ from {saved_splits}: the data changed since the "
-            "run started"
-        )
-    save(config, run_dir / "config.yaml")
-    trainer, clients = _trainer(config, data, splits, run_dir, callbacks, progress)
-    trainer.load_state_dict(checkpoint["trainer"])
-    result = trainer.fit(clients[0].get_weights())
-    return RunResult(config, data, run_dir, result)
+    return checkpoint
+
+
+def _finished(run_dir: Path, done: int) -> bool:
+    """The run's final phase (test, ``last.pt``, ``selected.pt``, ``summary.json``, the
+    last file written) completed after round ``done``."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and summary.get("rounds") == done
 
 
 def _data(config: Config) -> tuple[FederatedData, dict]:
@@ -149,6 +227,11 @@ def _trainer(
 ) -> tuple[FederatedTrainer, list[FederatedClient]]:
     strategy = create_strategy(config)
     clients = build_clients(config, data, splits, strategy)
+    if config.server.min_clients > len(clients):
+        raise ConfigError(
+            f"server.min_clients: {config.server.min_clients} but the federation has "
+            f"{len(clients)} clients"
+        )
     data_info = describe_data(data)
     all_callbacks = [
         MetricsWriter(run_dir),
@@ -161,7 +244,15 @@ def _trainer(
         config.run.loggers, run_dir, config.to_dict(), data.class_names, config.run.log_images
     )
     all_callbacks += list(callbacks or [])
-    return FederatedTrainer(clients, strategy, config.train.rounds, all_callbacks), clients
+    trainer = FederatedTrainer(
+        clients,
+        strategy,
+        config.train.rounds,
+        all_callbacks,
+        validator=UpdateValidator(clients[0].get_weights(), config.server.max_update_norm),
+        min_clients=config.server.min_clients,
+    )
+    return trainer, clients
 
 
 def format_summary(result: FitResult, regions: list[str]) -> str:

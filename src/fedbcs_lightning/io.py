@@ -6,19 +6,27 @@ Each write goes to a temporary file in the target's folder and is renamed over t
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+TEMP_SUFFIX = ".tmp"
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(file)`` on a temporary file, then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # The writer's pid is in the name, so a temporary left by a killed process can be told
+    # from one still being written (see remove_stale_temporaries).
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent
+    )
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual permissions
         with os.fdopen(fd, "wb") as handle:
@@ -26,10 +34,47 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(path.parent).free
+            raise DiskFullError(
+                f"{path}: cannot be written, no space left on the device ({free / 1e6:.1f} MB "
+                f"free in {path.parent}); free some space and run the command again"
+            ) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+class DiskFullError(OSError):
+    """A write failed for lack of space; the message names the file and the free space."""
+
+
+def remove_stale_temporaries(folder: str | Path, name: str = "", recursive: bool = False) -> None:
+    """Delete temporaries of :func:`atomic_write` (of files called ``name``, or any) whose
+    writing process no longer runs: what a killed write leaves behind."""
+    folder = Path(folder)
+    pattern = f".{name or '*'}.*{TEMP_SUFFIX}"
+    found = folder.rglob(pattern) if recursive else folder.glob(pattern)
+    for tmp in list(found):
+        pid = tmp.name[: -len(TEMP_SUFFIX)].split(".")[-2]
+        if not (pid.isdigit() and _alive(int(pid))):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _umask() -> int:

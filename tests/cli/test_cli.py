@@ -111,10 +111,16 @@ def test_prepare_fundus_samples_writes_a_valid_cache(shared_datasets, tmp_path):
             "32",
         ],
     )
-    assert result.exit_code == 0, result.output
-    assert "Drishti-GS" in result.output and out.is_file()
-    from fedbcs_lightning.data.cache import read_cache
+    # one image per site: too few to split, and prepare says so as fit would
+    assert result.exit_code == 1 and not out.exists()
+    assert "site 'Drishti-GS' has 1 images to split: too few" in result.output
+    from fedbcs_lightning.config import resolve
+    from fedbcs_lightning.data import load_dataset
+    from fedbcs_lightning.data.cache import read_cache, write_cache
 
+    root = str(shared_datasets / "samples" / "fundus-dofe")
+    data = load_dataset(resolve(options={"data": {"name": "fundus", "root": root}}))
+    write_cache(data, out, 32)
     assert len(read_cache(out, "fundus", 32).sites) == 4
 
 
@@ -137,8 +143,8 @@ def test_prepare_prostate_samples_names_the_unpaired_file(shared_datasets, tmp_p
     assert "I2CVB/train/image/00_01.png" in result.output and "skip_unpaired" in result.output
     assert "Traceback" not in result.output
     result = runner.invoke(app, [*args, "--skip-unpaired"])
-    assert result.exit_code == 0, result.output
-    assert "warning: skipping" in result.output and out.is_file()
+    assert "warning: skipping" in result.output
+    assert result.exit_code == 1 and "has 1 cases to split" in result.output  # one case a site
 
 
 def test_fit_without_data_says_where_it_looked(monkeypatch):

@@ -15,6 +15,10 @@ class FederatedCallback:
     ...         print(server_round, record["val"]["mean"]["dice"])
     """
 
+    #: Run after every other callback at each hook (the checkpoint writer sets it, so a
+    #: saved round is one the others have recorded).
+    runs_last = False
+
     def on_fit_start(self, trainer: Any) -> None:
         """Before the first round."""
 
@@ -26,6 +30,10 @@ class FederatedCallback:
 
     def on_client_fit_end(self, trainer: Any, server_round: int, update: Any) -> None:
         """After one client's local training, with its :class:`ClientUpdate`."""
+
+    def on_update_rejected(self, trainer: Any, server_round: int, client: str, reason: str) -> None:
+        """A client's update was left out of the round (its training diverged, or the
+        update failed the server's checks); ``reason`` says why."""
 
     def on_aggregate_end(self, trainer: Any, server_round: int, metrics: dict[str, Any]) -> None:
         """After the strategy aggregated the round's updates."""

@@ -13,16 +13,16 @@ from fedbcs_lightning.io import atomic_torch_save, atomic_write_json, atomic_wri
 
 
 class MetricsWriter(FederatedCallback):
-    """Appends one JSON line per (round, site) to ``metrics.jsonl``; writes ``summary.json``.
+    """Appends one JSON line per (round, site) to ``metrics.jsonl``.
 
     Each line: ``{"round", "split", "site", "dice", "dice/<region>", ...}``; the site
     ``"mean"`` holds the mean over sites, and training losses are on the
-    ``"split": "train"`` lines.
+    ``"split": "train"`` lines. An update the server left out is a ``"split": "rejected"``
+    line with its ``"reason"``.
     """
 
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
-        self.summary_path = Path(run_dir) / "summary.json"
         self.resume_round: int | None = None
         self.last_round = 0
 
@@ -62,27 +62,27 @@ class MetricsWriter(FederatedCallback):
         ]
         if record["aggregate"]:
             rows.append({"round": server_round, "split": "server", **record["aggregate"]})
+        rows += [
+            {"round": server_round, "split": "rejected", "site": site, "reason": reason}
+            for site, reason in record.get("rejected", {}).items()
+        ]
         self._write(rows)
         self.last_round = server_round
-
-    def on_fit_end(self, trainer: Any, result: Any) -> None:
-        from fedbcs_lightning.evaluation.metrics import mean_over_sites
-
-        summary = {"best_round": result.best_round, "rounds": trainer.rounds}
-        for key, per_site in (
-            ("test_selected", result.test_selected),
-            ("test_last", result.test_last),
-        ):
-            summary[key] = {"sites": per_site, "mean": mean_over_sites(per_site)}
-        atomic_write_json(self.summary_path, summary)
 
 
 class CheckpointWriter(FederatedCallback):
     """Writes ``checkpoints/state.pt`` (everything needed to resume: see
     :meth:`FederatedTrainer.state_dict`) every ``every`` rounds and after the last, and at
     the end the global weights as ``checkpoints/last.pt`` and ``selected.pt`` (the round
-    chosen on validation). Every checkpoint holds the resolved config, the data set's
-    description and the library versions. Writes are atomic."""
+    chosen on validation), then ``summary.json`` (the test metrics of both). Every
+    checkpoint holds the resolved config, the data set's description and the library
+    versions. Writes are atomic.
+
+    It runs after every other callback (``runs_last``): a round in ``state.pt`` has been
+    recorded by every logger, and ``summary.json``, written last, marks a finished run.
+    """
+
+    runs_last = True
 
     def __init__(
         self,
@@ -113,8 +113,17 @@ class CheckpointWriter(FederatedCallback):
             )
 
     def on_fit_end(self, trainer: Any, result: Any) -> None:
+        from fedbcs_lightning.evaluation.metrics import mean_over_sites
+
         self._save("last.pt", result.last_weights, trainer.server_round)
         self._save("selected.pt", result.selected_weights, result.best_round)
+        summary = {"best_round": result.best_round, "rounds": trainer.rounds}
+        for key, per_site in (
+            ("test_selected", result.test_selected),
+            ("test_last", result.test_last),
+        ):
+            summary[key] = {"sites": per_site, "mean": mean_over_sites(per_site)}
+        atomic_write_json(self.dir.parent / "summary.json", summary)
 
 
 def versions() -> dict[str, str]:
@@ -164,6 +173,13 @@ class RoundProgress(FederatedCallback):
     def on_client_fit_end(self, trainer: Any, server_round: int, update: Any) -> None:
         if self._progress:
             self._progress.advance(self._clients)
+
+    def on_update_rejected(self, trainer: Any, server_round: int, client: str, reason: str) -> None:
+        line = f"round {server_round}: update of {client} rejected: {reason}"
+        if self._progress:
+            self._progress.console.print(line)
+        else:
+            print(line, file=self.stream, flush=True)
 
     def on_round_end(self, trainer: Any, server_round: int, record: dict[str, Any]) -> None:
         elapsed = time.perf_counter() - self.start

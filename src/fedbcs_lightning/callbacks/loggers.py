@@ -70,6 +70,8 @@ def flatten_record(record: dict[str, Any]) -> dict[str, float]:
     for site, metrics in {**val.get("sites", {}), "mean": val.get("mean", {})}.items():
         flat.update(_numbers(metrics, f"val/{site}/"))
     flat.update(_numbers(record.get("aggregate") or {}, "server/"))
+    if record.get("rejected"):
+        flat["server/rejected_updates"] = float(len(record["rejected"]))
     return flat
 
 

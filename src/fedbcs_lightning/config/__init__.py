@@ -16,7 +16,6 @@ Example
 from __future__ import annotations
 
 from fedbcs_lightning.config.parsing import (
-    deep_update,
     from_dict,
     load_yaml,
     merge,
@@ -36,6 +35,7 @@ from fedbcs_lightning.config.schema import (
     ModelConfig,
     MoonConfig,
     RunConfig,
+    ServerConfig,
     SyntheticConfig,
     TrainConfig,
 )
@@ -52,9 +52,9 @@ __all__ = [
     "ModelConfig",
     "MoonConfig",
     "RunConfig",
+    "ServerConfig",
     "SyntheticConfig",
     "TrainConfig",
-    "deep_update",
     "from_dict",
     "load_yaml",
     "merge",

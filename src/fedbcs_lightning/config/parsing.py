@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from importlib import resources
@@ -25,8 +26,11 @@ from fedbcs_lightning.config.validation import validate
 
 def merge(config: Any, updates: dict[str, Any], prefix: str = "") -> Any:
     """Return a copy of dataclass ``config`` with nested ``updates`` applied and typed."""
+    if updates is None and prefix:  # an empty YAML section
+        return config
     if not isinstance(updates, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {updates!r}")
+        where = f"section {prefix.rstrip('.')!r}" if prefix else "the config"
+        raise ConfigError(f"{where}: expected a mapping of keys, got {updates!r}")
     hints = typing.get_type_hints(type(config))
     changes: dict[str, Any] = {}
     for key, value in updates.items():
@@ -88,9 +92,12 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{path}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+        return number
     if hint is str:
         if not isinstance(value, str | int | float) or isinstance(value, bool):
             raise ConfigError(f"{path}: expected a string, got {value!r}")
@@ -147,27 +154,20 @@ def load_yaml(source: str | Path) -> dict[str, Any]:
     return data
 
 
-def deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_update(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def resolve(
     preset: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     options: dict[str, Any] | None = None,
 ) -> Config:
-    """Defaults <- preset/YAML file <- ``key=value`` overrides <- explicit options; validated."""
-    updates: dict[str, Any] = load_yaml(preset) if preset else {}
+    """Defaults <- preset/YAML file <- ``key=value`` overrides <- explicit options; validated.
+
+    Each layer is typed and checked as it is applied, so a later layer cannot hide a bad
+    value in an earlier one (``--set train.rounds=abc --rounds 1`` is an error).
+    """
+    config = merge(Config(), load_yaml(preset) if preset else {})
     for text in overrides:
-        updates = deep_update(updates, parse_override(text))
-    updates = deep_update(updates, options or {})
-    config = merge(Config(), updates)
+        config = merge(config, parse_override(text))
+    config = merge(config, options or {})
     validate(config)
     return config
 

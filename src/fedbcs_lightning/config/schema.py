@@ -119,6 +119,16 @@ class HarmoFLConfig:
 
 
 @dataclass
+class ServerConfig:
+    """How the server treats client updates (both engines)."""
+
+    min_clients: int = 1  # accepted updates a round needs; fewer stops the run (resumable)
+    max_update_norm: float = 0.0  # reject ||update - global|| > this x ||global|| (0 = no bound)
+    aggregation: str = "mean"  # mean (weighted by examples) | median | trimmed_mean (per weight)
+    trim_fraction: float = 0.1  # share of the largest and of the smallest values trimmed_mean drops
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     output: str | None = None
@@ -134,6 +144,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
     fedbcs: FedBCSConfig = field(default_factory=FedBCSConfig)
     fedprox: FedProxConfig = field(default_factory=FedProxConfig)
     moon: MoonConfig = field(default_factory=MoonConfig)

@@ -12,6 +12,7 @@ from fedbcs_lightning.config.schema import Config, ConfigError
 OPTIMIZERS = ("adam", "adamw", "sgd")
 NORMS = ("batch", "batch_stateless", "instance")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+AGGREGATIONS = ("mean", "median", "trimmed_mean")
 
 
 def validate(config: Config) -> None:
@@ -47,6 +48,11 @@ def validate(config: Config) -> None:
         "data.synthetic.images_per_site",
         "data.crops_per_image",
     )
+    if config.run.seed < 0:
+        raise ConfigError(f"run.seed: must be >= 0, got {config.run.seed}")
+    if not 0.0 <= config.train.momentum < 1.0:
+        raise ConfigError(f"train.momentum: must lie in [0, 1), got {config.train.momentum}")
+    _check_server(config)
     if config.train.clients is not None and config.train.clients < 1:
         raise ConfigError(f"train.clients: must be at least 1, got {config.train.clients}")
     for key in ("data.val_fraction", "data.test_fraction"):
@@ -84,6 +90,18 @@ def validate(config: Config) -> None:
         raise ConfigError(f"fedbcs.weight: must be >= 0, got {fb.weight}")
     if config.train.weight_decay < 0 or config.data.synthetic.style_strength < 0:
         raise ConfigError("train.weight_decay and data.synthetic.style_strength must be >= 0")
+
+
+def _check_server(config: Config) -> None:
+    server = config.server
+    _choice(server.aggregation, AGGREGATIONS, "server.aggregation")
+    _positive(config, "server.min_clients")
+    if server.max_update_norm < 0:
+        raise ConfigError(
+            f"server.max_update_norm: must be >= 0 (0 = no bound), got {server.max_update_norm}"
+        )
+    if not 0.0 <= server.trim_fraction < 0.5:
+        raise ConfigError(f"server.trim_fraction: must lie in [0, 0.5), got {server.trim_fraction}")
 
 
 def _check_loggers(names: list[str]) -> None:

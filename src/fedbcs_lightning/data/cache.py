@@ -18,7 +18,7 @@ import numpy as np
 
 from fedbcs_lightning.data.federated import FederatedData, Site
 from fedbcs_lightning.data.readers import DataError, sha256
-from fedbcs_lightning.io import atomic_write
+from fedbcs_lightning.io import atomic_write, remove_stale_temporaries
 
 FORMAT = 1
 
@@ -68,6 +68,8 @@ def write_cache(data: FederatedData, path: str | Path, image_size: int) -> dict[
                 if site.fixed_test is not None:
                     group.create_dataset("fixed_test", data=np.array(site.fixed_test, np.int64))
 
+    path = Path(path)
+    remove_stale_temporaries(path.parent, path.name)  # left by a killed earlier prepare
     atomic_write(path, write)
     return manifest
 

@@ -130,7 +130,8 @@ def make_splits(
         if n_units - n_test - n_val < 1 or (site.fixed_test is not None and not site.fixed_test):
             unit = "cases" if site.groups else "images"
             raise DataError(
-                f"site {site.name!r} has {n_units} {unit} to split: too few for train/val/test"
+                f"site {site.name!r} has {n_units} {unit} to split: too few for training, "
+                "validation and test; add data to the site or leave it out"
             )
         test_units, val_units = set(order[:n_test]), set(order[n_test : n_test + n_val])
         test = sorted(site.fixed_test or [i for i in pool if groups[i] in test_units])

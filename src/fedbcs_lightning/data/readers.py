@@ -13,6 +13,7 @@ Example
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from pathlib import Path
 
@@ -23,13 +24,26 @@ from fedbcs_lightning.data.federated import DataError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
+#: Environment variable that sets the largest image (in pixels) the readers decode.
+PIXEL_LIMIT_VARIABLE = "FEDBCS_MAX_IMAGE_PIXELS"
+
+
 def _open(path: Path):
     from PIL import Image, UnidentifiedImageError
 
+    limit = os.environ.get(PIXEL_LIMIT_VARIABLE)
+    if limit is not None:
+        Image.MAX_IMAGE_PIXELS = int(limit) or None
     try:
         image = Image.open(path)
         image.load()  # decode now: a truncated file fails here, not mid-training
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except Image.DecompressionBombError as err:
+        raise DataError(
+            f"{path}: image is larger than the limit of {Image.MAX_IMAGE_PIXELS} pixels that "
+            f"guards against decompression bombs ({err}). If the file is trusted, raise the "
+            f"limit: {PIXEL_LIMIT_VARIABLE}=<pixels> (0 = no limit)"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(
             f"{path}: cannot be read as an image ({err}); re-export the file or remove it"
         ) from None
@@ -122,11 +136,17 @@ def pair_by_stem(
     """
 
     def files(folder: Path) -> dict[str, Path]:
-        return {
-            p.stem: p
-            for p in sorted(folder.iterdir())
-            if p.is_file() and p.suffix.lower() in suffixes
-        }
+        found: dict[str, Path] = {}
+        for p in sorted(folder.iterdir()):
+            if not p.is_file() or p.suffix.lower() not in suffixes or p.name.startswith("."):
+                continue
+            if p.stem in found:
+                raise DataError(
+                    f"{found[p.stem]} and {p} have the same name {p.stem!r}; images and masks "
+                    "are paired by name, so keep one of them"
+                )
+            found[p.stem] = p
+        return found
 
     images, masks = files(image_dir), files(mask_dir)
     lonely = [images[s] for s in sorted(set(images) - set(masks))]

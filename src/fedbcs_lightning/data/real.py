@@ -95,6 +95,18 @@ def _unrecognised(name: str, root: Path) -> DataError:
     )
 
 
+def _no_strays(name: str, root: Path, folders: list[Path], sites: list[Path]) -> None:
+    """Every (non-hidden) folder at the root must be a site of the layout found."""
+    strays = [f for f in folders if f not in sites]
+    if strays:
+        layouts = "\n  ".join(LAYOUTS[name])
+        raise DataError(
+            f"{root}: folder(s) {', '.join(f.name + '/' for f in strays)} are not {name} "
+            f"sites in the layout the other folders use:\n  {layouts}\n"
+            "Move them out of the data folder (hidden folders, starting with '.', are skipped)"
+        )
+
+
 def _site_from_pairs(
     name: str,
     pairs,
@@ -117,9 +129,7 @@ def _site_from_pairs(
         groups.append(group_of(image_path) if group_of else str(i))
         if (image_path.parent, image_path.stem) in test_stems:
             fixed_test.append(i)
-    channels = {im.shape[-1] for im in images}
-    if len(channels) > 1:
-        raise DataError(f"site {name!r}: images have different channel counts {channels}")
+    check_channels(name, images, [image_path for image_path, _ in pairs])
     stacked = size is not None
     return Site(
         name,
@@ -129,6 +139,24 @@ def _site_from_pairs(
         fixed_test=fixed_test if test_stems else None,
         sources=sources,
     )
+
+
+def check_channels(site: str, images: list[np.ndarray], paths: list[Path]) -> None:
+    """Every image of a site has the same channel count; name those that differ."""
+    counts = [image.shape[-1] for image in images]
+    usual = max(set(counts), key=counts.count)
+    odd = [(path, n) for path, n in zip(paths, counts, strict=True) if n != usual]
+    if odd:
+        shown = ", ".join(f"{path} ({n} channel{'s' * (n > 1)})" for path, n in odd[:5])
+        raise DataError(
+            f"site {site!r}: {len(odd)} of {len(images)} images do not have the {usual} "
+            f"channels of the others: {shown}; convert them (e.g. grey to RGB) or remove them"
+        )
+
+
+def site_folders_of(root: Path) -> list[Path]:
+    """The folders directly inside ``root``, without hidden ones (``.ipynb_checkpoints``)."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _train_test_pairs(folder: Path, config, suffixes=IMAGE_SUFFIXES, sub: str = ""):
@@ -246,7 +274,7 @@ def _normalise_volume(volume: np.ndarray) -> np.ndarray:
 
 def _prostate_volumes(root: Path, config) -> list[Site]:
     sites = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    for folder in site_folders_of(root):
         cases = sorted(
             p
             for p in folder.glob("*.nii*")
@@ -291,7 +319,7 @@ def _prostate_volumes(root: Path, config) -> list[Site]:
 
 def _prostate_slices(root: Path, config) -> list[Site]:
     sites = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    for folder in site_folders_of(root):
         pairs, test = _train_test_pairs(folder, config)
 
         def load(image_path, mask_path):
@@ -312,12 +340,16 @@ def _prostate_slices(root: Path, config) -> list[Site]:
 def prostate(config) -> FederatedData:
     """Prostate T2 MRI, 6 sites; volumes become 2.5-D slices, split by case."""
     root = data_root(config, "prostate")
-    folders = [p for p in root.iterdir() if p.is_dir()]
-    if folders and all(list(f.glob("*.nii*")) for f in folders):
+    folders = site_folders_of(root)
+    volumes = [f for f in folders if list(f.glob("*.nii*"))]
+    slices = [
+        f for f in folders if (f / "train" / "image").is_dir() or (f / "test" / "image").is_dir()
+    ]
+    if volumes and len(volumes) >= len(slices):
+        _no_strays("prostate", root, folders, volumes)
         sites = _prostate_volumes(root, config)
-    elif folders and all(
-        (f / "train" / "image").is_dir() or (f / "test" / "image").is_dir() for f in folders
-    ):
+    elif slices:
+        _no_strays("prostate", root, folders, slices)
         sites = _prostate_slices(root, config)
     else:
         raise _unrecognised("prostate", root)
@@ -329,9 +361,11 @@ def prostate(config) -> FederatedData:
 
 def _site_folders(name: str, config) -> FederatedData:
     root = data_root(config, name)
-    folders = sorted(p for p in root.iterdir() if p.is_dir())
-    if not folders or not all((f / "images").is_dir() and (f / "masks").is_dir() for f in folders):
+    folders = site_folders_of(root)
+    sites_found = [f for f in folders if (f / "images").is_dir() and (f / "masks").is_dir()]
+    if not sites_found:
         raise _unrecognised(name, root)
+    _no_strays(name, root, folders, sites_found)
     values = config.data.label_values
     mapping = {v: i + 1 for i, v in enumerate(values)} if values else None
     sites = []

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import lightning as L
 
-from fedbcs_lightning.config import Config
+from fedbcs_lightning.config import Config, ConfigError
 from fedbcs_lightning.data import (
     DataError,
     FederatedData,
@@ -31,6 +31,36 @@ from fedbcs_lightning.data import (
 from fedbcs_lightning.federation.client import FederatedClient, SegmentationClientModule
 from fedbcs_lightning.methods import Strategy
 from fedbcs_lightning.models import BACKBONES
+
+
+def check_setup(config: Config) -> None:
+    """What the config's names imply and plain validation cannot see, checked before any
+    data are read: the backbone takes ``data.image_size`` (its own ``input_divisor``),
+    and the accelerator named by ``run.accelerator`` exists here."""
+    backbone = BACKBONES.get(config.model.backbone)
+    divisor = int(getattr(backbone, "input_divisor", 1))
+    size = config.data.image_size
+    if size % divisor:
+        raise ConfigError(
+            f"data.image_size: backbone {config.model.backbone!r} needs a multiple of "
+            f"{divisor}, got {size}; try {-(-size // divisor) * divisor}"
+        )
+    accelerator = config.run.accelerator
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"run.accelerator: {accelerator!r} but torch {torch.__version__} sees no CUDA "
+                "GPU here; use run.accelerator=cpu (or auto), or install a CUDA build of torch"
+            )
+    if accelerator == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise ConfigError(
+                "run.accelerator: 'mps' but no Apple GPU is available here; use cpu or auto"
+            )
 
 
 def build_backbone(config: Config, data: FederatedData):

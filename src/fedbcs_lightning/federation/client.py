@@ -8,13 +8,16 @@
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from typing import Any
 
 import lightning as L
 import torch
 
+from fedbcs_lightning.config import ConfigError
 from fedbcs_lightning.evaluation.metrics import evaluate
+from fedbcs_lightning.federation.updates import RejectedUpdate
 from fedbcs_lightning.methods.base import ClientHook, ClientUpdate, Instruction
 from fedbcs_lightning.models.base import SegmentationBackbone
 from fedbcs_lightning.models.losses import segmentation_loss
@@ -25,6 +28,15 @@ for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=r".*The number of training batches.*")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+class NonFiniteLoss(ArithmeticError):
+    """A training step's loss is NaN or infinite (training diverged)."""
+
+    def __init__(self, step: int, losses: dict[str, float]) -> None:
+        terms = ", ".join(f"{k} {v:.4g}" for k, v in losses.items() if k != "total")
+        super().__init__(f"step {step}: loss {losses['total']} ({terms})")
+        self.step, self.losses = step, losses
 
 
 class SegmentationClientModule(L.LightningModule):
@@ -76,11 +88,14 @@ class SegmentationClientModule(L.LightningModule):
             losses.update(hook.extra_losses(self, batch, output))
         total = sum(losses.values())
         losses["total"] = total
+        values = {key: float(value.detach()) for key, value in losses.items()}
+        if not math.isfinite(values["total"]):
+            raise NonFiniteLoss(self.steps + 1, values)
         step = (self.current_epoch, batch_idx)
         if step != self._recorded_step:  # an optimiser may evaluate a batch twice
             self._recorded_step = step
-            for key, value in losses.items():
-                self.loss_sums[key] = self.loss_sums.get(key, 0.0) + float(value.detach())
+            for key, value in values.items():
+                self.loss_sums[key] = self.loss_sums.get(key, 0.0) + value
             self.steps += 1
         self._last_output = (batch, output)
         return total
@@ -157,6 +172,30 @@ class FederatedClient:
         return {k: v.detach().clone() for k, v in self.module.backbone.state_dict().items()}
 
     def fit(self, instruction: Instruction) -> ClientUpdate:
+        """Train locally from ``instruction``; raise :class:`RejectedUpdate` (and keep the
+        weights this client had before the round) if training diverges."""
+        before = self.get_weights()
+        try:
+            return self._fit(instruction)
+        except NonFiniteLoss as err:
+            self.module.backbone.load_state_dict(before)
+            self.module.cpu()
+            server_round = instruction.config.get("round", "?")
+            raise RejectedUpdate(
+                self.name,
+                f"training diverged in round {server_round}, {err}; lower train.lr (now "
+                f"{self.module.lr:g}) or the method's loss weights, or check this site's data",
+            ) from None
+        except ValueError as err:
+            if "Expected more than 1 value per channel" not in str(err):
+                raise
+            raise ConfigError(
+                f"client {self.name}: BatchNorm got a batch of one value per channel ({err}); "
+                "use train.batch_size of at least 2, a larger data.image_size, or "
+                "model.norm=instance"
+            ) from None
+
+    def _fit(self, instruction: Instruction) -> ClientUpdate:
         self.load(instruction)
         for hook in self.module.hooks:
             hook.on_fit_start(self.module, instruction)

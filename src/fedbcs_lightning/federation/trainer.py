@@ -11,6 +11,7 @@ from typing import Any
 
 from fedbcs_lightning.callbacks.base import FederatedCallback
 from fedbcs_lightning.federation.client import FederatedClient
+from fedbcs_lightning.federation.updates import FederationStopped, RejectedUpdate, UpdateValidator
 from fedbcs_lightning.methods.base import Strategy, Weights
 
 
@@ -30,9 +31,18 @@ class FederatedTrainer:
     """Runs ``rounds`` rounds over ``clients`` with ``strategy``.
 
     Each round, the clients the strategy configures (all, by default) train, and those it
-    configures for evaluation are scored. The model selected for the final report is the
-    round with the best mean validation Dice over sites; the last round is reported beside
-    it. Test data is used only at the end.
+    configures for evaluation are scored. Every update passes ``validator`` (by default
+    an :class:`UpdateValidator` of the first client's model) before aggregation: a rejected
+    one is left out and reported to the callbacks (``on_update_rejected``) and in the
+    round's record; with fewer than ``min_clients`` accepted updates (or all configured
+    clients, if fewer) the run stops with :class:`FederationStopped`, the last complete
+    round kept. The model selected for the final report is the round with the best mean
+    validation Dice over sites; the last round is reported beside it. Test data is used
+    only at the end.
+
+    Callbacks run in the order given, except that those with ``runs_last`` (the checkpoint
+    writer) run after all others: a round in a saved state is a round every other callback
+    has already recorded.
 
     Example
     -------
@@ -46,13 +56,22 @@ class FederatedTrainer:
         rounds: int,
         callbacks: list[FederatedCallback] | None = None,
         selection_metric: str = "dice",
+        validator: UpdateValidator | None = None,
+        min_clients: int = 1,
     ) -> None:
         if not clients:
             raise ValueError("a federation needs at least one client")
+        if min_clients > len(clients):
+            raise ValueError(
+                f"server.min_clients={min_clients} but the federation has {len(clients)} clients"
+            )
         self.clients = {c.name: c for c in clients}
         self.strategy = strategy
         self.rounds = rounds
-        self.callbacks = list(callbacks or [])
+        callbacks = list(callbacks or [])
+        self.callbacks = sorted(callbacks, key=lambda c: bool(getattr(c, "runs_last", False)))
+        self.validator = validator or UpdateValidator(clients[0].get_weights())
+        self.min_clients = min_clients
         self.selection_metric = selection_metric
         self.server_round = 0
         self.round_clients: list[str] = list(self.clients)  # the clients training this round
@@ -85,13 +104,22 @@ class FederatedTrainer:
             instructions = self.strategy.configure_train(server_round, self.weights, names)
             self.round_clients = list(instructions)
             self._call("on_round_start", server_round)
-            updates = []
+            updates, rejected = [], {}
             for name, instruction in instructions.items():
                 self._call("on_client_fit_start", server_round, name)
-                update = self.clients[name].fit(instruction)
+                try:
+                    update = self.clients[name].fit(instruction)
+                    self.validator.check(update, instruction.weights, self.strategy)
+                except RejectedUpdate as err:
+                    rejected[name] = err.reason
+                    self._call("on_update_rejected", server_round, name, err.reason)
+                    continue
                 updates.append(update)
                 self._call("on_client_fit_end", server_round, update)
-            self.weights, aggregate_metrics = self.strategy.aggregate_train(server_round, updates)
+            self._check_enough(server_round, len(instructions), updates, rejected)
+            weights, aggregate_metrics = self.strategy.aggregate_train(server_round, updates)
+            self.validator.check_aggregate(weights, server_round)
+            self.weights = weights
             self._call("on_aggregate_end", server_round, aggregate_metrics)
             per_site, mean = self.evaluate(self.weights, "val")
             record = {
@@ -100,6 +128,8 @@ class FederatedTrainer:
                 "aggregate": aggregate_metrics,
                 "val": {"sites": per_site, "mean": mean},
             }
+            if rejected:
+                record["rejected"] = rejected
             self.history.append(record)
             if mean[self.selection_metric] > self.best_score:
                 self.best_score, self.best_round = mean[self.selection_metric], server_round
@@ -121,6 +151,19 @@ class FederatedTrainer:
         )
         self._call("on_fit_end", result)
         return result
+
+    def _check_enough(
+        self, server_round: int, configured: int, updates: list, rejected: dict[str, str]
+    ) -> None:
+        needed = min(self.min_clients, configured)
+        if len(updates) >= needed:
+            return
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in rejected.items())
+        raise FederationStopped(
+            f"round {server_round}: {len(updates)} of {configured} client updates accepted, "
+            f"fewer than the {needed} needed (server.min_clients={self.min_clients}). "
+            f"Rejected: {reasons}"
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue after the current round exactly as an

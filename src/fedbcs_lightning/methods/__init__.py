@@ -10,13 +10,17 @@ from fedbcs_lightning.methods.base import (
     Instruction,
     Strategy,
     Weights,
+    robust_average,
     weighted_average,
 )
 
 
 def create_strategy(config) -> Strategy:
-    """Build the strategy named by ``config.train.method``."""
-    return METHODS.get(config.train.method).from_config(config)
+    """Build the strategy named by ``config.train.method``, aggregating weights by the rule
+    of ``config.server.aggregation``."""
+    strategy = METHODS.get(config.train.method).from_config(config)
+    strategy.configure_aggregation(config.server.aggregation, config.server.trim_fraction)
+    return strategy
 
 
 __all__ = [
@@ -27,5 +31,6 @@ __all__ = [
     "Strategy",
     "Weights",
     "create_strategy",
+    "robust_average",
     "weighted_average",
 ]

@@ -8,6 +8,7 @@ method needs (an extra loss, prototypes to upload) comes from :meth:`Strategy.cl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +94,50 @@ def weighted_average(
     return out
 
 
+def robust_average(
+    updates: list[ClientUpdate],
+    rule: str,
+    trim_fraction: float = 0.1,
+    keys: list[str] | None = None,
+) -> Weights:
+    """Coordinate-wise ``"median"`` or ``"trimmed_mean"`` of the clients' tensors.
+
+    Both ignore example counts: each client is one vote, so a few extreme (or malicious)
+    values cannot move a weight far. ``trimmed_mean`` drops the ``floor(trim_fraction * n)``
+    largest and smallest values of each weight (at most all but the middle one or two) and
+    averages the rest; ``median`` averages the middle one or two. Integer buffers take the
+    largest value, as in :func:`weighted_average`.
+
+    Example
+    -------
+    >>> import torch
+    >>> values = {"a": 1.0, "b": 2.0, "c": 90.0}
+    >>> ups = [ClientUpdate(c, {"w": torch.tensor([v])}, 1) for c, v in values.items()]
+    >>> robust_average(ups, "median")["w"]
+    tensor([2.])
+    """
+    if not updates:
+        raise ValueError("cannot aggregate zero client updates")
+    if rule not in ("median", "trimmed_mean"):
+        raise ValueError(f"unknown robust aggregation {rule!r}; use median or trimmed_mean")
+    n = len(updates)
+    if rule == "median":
+        low, high = (n - 1) // 2, n // 2 + 1
+    else:
+        cut = min(int(trim_fraction * n), (n - 1) // 2)
+        low, high = cut, n - cut
+    keys = list(updates[0].weights) if keys is None else keys
+    out: Weights = {}
+    for key in keys:
+        tensors = [u.weights[key] for u in updates]
+        if tensors[0].is_floating_point():
+            ordered = torch.stack([t.double() for t in tensors]).sort(dim=0).values
+            out[key] = ordered[low:high].mean(dim=0).to(tensors[0].dtype)
+        else:
+            out[key] = torch.stack(tensors).max(0).values
+    return out
+
+
 class Strategy:
     """Base strategy: send the global weights to everyone, keep whatever comes back first.
 
@@ -103,9 +148,27 @@ class Strategy:
     #: With True, the federation gets one extra client that trains on every site's data.
     pools_training_data = False
 
+    #: How the weights of the round's updates are combined: mean (weighted by examples),
+    #: median or trimmed_mean (coordinate-wise, see :func:`robust_average`).
+    aggregation = "mean"
+    trim_fraction = 0.1
+
+    def configure_aggregation(self, rule: str, trim_fraction: float = 0.1) -> None:
+        """Choose the rule :meth:`FedAvg.average` applies (config ``server.aggregation``)."""
+        self.aggregation, self.trim_fraction = rule, trim_fraction
+
     def configure_backbone(self, backbone: Any) -> Any:
         """Add the method's layers to a freshly built backbone (e.g. FSR, fusion heads)."""
         return backbone
+
+    def check_payload(self, update: ClientUpdate) -> None:
+        """Raise ``ValueError`` saying what is wrong if ``update.payload`` (what the method
+        uploads beside the weights, e.g. prototypes) is malformed. The server calls it on
+        every update before aggregation. The default rejects non-finite values in any
+        tensor or number of the payload; methods with a payload check its structure too."""
+        bad = _non_finite(update.payload)
+        if bad:
+            raise ValueError(f"non-finite values in {bad}")
 
     def client_hooks(self) -> list[ClientHook]:
         """Client-side hooks this method needs (fresh objects per client)."""
@@ -138,3 +201,23 @@ class Strategy:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
+
+
+def _non_finite(value: Any, where: str = "payload") -> str | None:
+    """Where a non-finite number hides in a nested payload, or ``None``."""
+    if isinstance(value, torch.Tensor):
+        finite = not value.is_floating_point() or bool(torch.isfinite(value).all())
+        return None if finite else where
+    if isinstance(value, float):
+        return None if math.isfinite(value) else where
+    if isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite(item, f"{where}[{key!r}]")
+        if found:
+            return found
+    return None

@@ -16,7 +16,6 @@ from fedbcs_lightning.methods.base import (
     ClientUpdate,
     Instruction,
     Weights,
-    weighted_average,
 )
 from fedbcs_lightning.methods.fedavg import FedAvg
 
@@ -95,17 +94,21 @@ class PartlyLocal(FedAvg):
         return {**shared, **own}
 
     def configure_train(self, server_round: int, weights: Weights, clients: list[str]):
+        self.previous = weights
+        return self.configure_evaluate(server_round, weights, clients)
+
+    def configure_evaluate(self, server_round: int, weights: Weights, clients: list[str]):
         return {
             c: Instruction(self.for_client(weights, c), {"round": server_round}) for c in clients
         }
-
-    configure_evaluate = configure_train
 
     def aggregate_train(
         self, server_round: int, updates: list[ClientUpdate]
     ) -> tuple[Weights, dict[str, float]]:
         shared = [k for k in updates[0].weights if not self.is_local(k)]
-        weights = weighted_average(updates, self.weight_of, keys=shared)
+        weights = self.average(updates, keys=shared)
+        # Sites without an accepted update this round keep their local tensors.
+        weights.update({k: v for k, v in getattr(self, "previous", {}).items() if "/" in k})
         for update in updates:
             weights.update(
                 {f"{update.client}/{k}": v for k, v in update.weights.items() if self.is_local(k)}
@@ -139,14 +142,19 @@ class LocalOnly(FedAvg):
         return own or weights  # round 1: the common initial weights
 
     def configure_train(self, server_round: int, weights: Weights, clients: list[str]):
-        return {c: Instruction(self._own(weights, c), {"round": server_round}) for c in clients}
+        self.previous = weights
+        return self.configure_evaluate(server_round, weights, clients)
 
-    configure_evaluate = configure_train
+    def configure_evaluate(self, server_round: int, weights: Weights, clients: list[str]):
+        return {c: Instruction(self._own(weights, c), {"round": server_round}) for c in clients}
 
     def aggregate_train(
         self, server_round: int, updates: list[ClientUpdate]
     ) -> tuple[Weights, dict[str, float]]:
-        return {f"{u.client}/{k}": v for u in updates for k, v in u.weights.items()}, {}
+        # A site without an accepted update this round keeps its model (none in round 1:
+        # it starts again from the common initial weights).
+        kept = {k: v for k, v in getattr(self, "previous", {}).items() if "/" in k}
+        return {**kept, **{f"{u.client}/{k}": v for u in updates for k, v in u.weights.items()}}, {}
 
 
 POOLED_CLIENT = "pooled"

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fedbcs_lightning.methods.base import ClientUpdate, Strategy, Weights, weighted_average
+from fedbcs_lightning.methods.base import (
+    ClientUpdate,
+    Strategy,
+    Weights,
+    robust_average,
+    weighted_average,
+)
 
 
 class FedAvg(Strategy):
@@ -29,7 +35,14 @@ class FedAvg(Strategy):
     def from_config(cls, config) -> FedAvg:
         return cls()
 
+    def average(self, updates: list[ClientUpdate], keys: list[str] | None = None) -> Weights:
+        """The updates' tensors (under ``keys``; all by default) combined by the configured
+        rule: the example-weighted mean, or a robust coordinate-wise median / trimmed mean."""
+        if self.aggregation == "mean":
+            return weighted_average(updates, self.weight_of, keys)
+        return robust_average(updates, self.aggregation, self.trim_fraction, keys)
+
     def aggregate_train(
         self, server_round: int, updates: list[ClientUpdate]
     ) -> tuple[Weights, dict[str, float]]:
-        return weighted_average(updates, self.weight_of), {}
+        return self.average(updates), {}

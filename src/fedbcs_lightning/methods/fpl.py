@@ -66,4 +66,5 @@ class FPL(FedBCS):
 
     def configure_backbone(self, backbone: Any) -> Any:
         backbone.add_module(DESCRIPTORS, LastLayerDescriptors())
+        self.prototype_shape = ({LEVEL: backbone.decoder_channels[-1]}, backbone.num_classes)
         return backbone

@@ -39,6 +39,7 @@ class ContextFusion(nn.Module):
 
     def __init__(self, level_channels: Sequence[int], context_channels: int, dim: int = 256):
         super().__init__()
+        self.out_dim = dim * len(level_channels)  # descriptor channels: one dim per level
         self.local = nn.ModuleList(nn.Conv2d(c, dim, 1, bias=True) for c in level_channels)
         self.context = nn.ModuleList(
             nn.Conv2d(context_channels, dim, 1, bias=False) for _ in level_channels
@@ -197,6 +198,10 @@ class DualLevelDescriptors(nn.Module):
         if "decoder" in sides:
             ch = backbone.decoder_channels
             self.fusions["decoder"] = ContextFusion(ch[1:], ch[0], dim)
+
+    def dims(self) -> dict[str, int]:
+        """Channels of each level's descriptor (and so of its prototypes)."""
+        return {side: fusion.out_dim for side, fusion in self.fusions.items()}
 
     def forward(self, output) -> dict[str, Descriptor]:
         out = {}

@@ -12,13 +12,12 @@ from typing import Any
 
 import torch
 
-from fedbcs_lightning.config import FedBCSConfig
+from fedbcs_lightning.config import ConfigError, FedBCSConfig
 from fedbcs_lightning.methods.base import (
     ClientHook,
     ClientUpdate,
     Instruction,
     Weights,
-    weighted_average,
 )
 from fedbcs_lightning.methods.fedavg import FedAvg
 from fedbcs_lightning.methods.fedbcs.alignment import alignment_loss
@@ -110,7 +109,7 @@ class FedBCS(FedAvg):
 
     Example
     -------
-    >>> from fedbcs_lightning.config import FedBCSConfig
+    >>> from fedbcs_lightning.config import ConfigError, FedBCSConfig
     >>> from fedbcs_lightning.models.unet import UNet
     >>> strategy = FedBCS(FedBCSConfig(prototype_dim=8))
     >>> net = strategy.configure_backbone(UNet(3, 2, width=4))
@@ -135,7 +134,7 @@ class FedBCS(FedAvg):
         if opts.fsr:
             for level in opts.fsr_levels:
                 if level > len(backbone.encoder_channels):
-                    raise ValueError(
+                    raise ConfigError(
                         f"fedbcs.fsr_levels: level {level} does not exist; the backbone has "
                         f"{len(backbone.encoder_channels)} encoder levels"
                     )
@@ -144,11 +143,38 @@ class FedBCS(FedAvg):
                     level - 1, build_fsr(channels, opts.fsr_mode, opts.fsr_bands)
                 )
         if opts.cdpa:
-            backbone.add_module(
-                DESCRIPTORS,
-                DualLevelDescriptors(backbone, opts.prototype_dim, opts.prototype_levels),
-            )
+            descriptors = DualLevelDescriptors(backbone, opts.prototype_dim, opts.prototype_levels)
+            backbone.add_module(DESCRIPTORS, descriptors)
+            self.prototype_shape = (descriptors.dims(), backbone.num_classes)
         return backbone
+
+    def check_payload(self, update: ClientUpdate) -> None:
+        """An upload holds ``{"prototypes": {"<level>/<class>": (1, D) tensor}}``: known
+        levels, classes of the model, the level's descriptor width, finite values."""
+        if not self.options.cdpa:
+            return super().check_payload(update)
+        if set(update.payload) != {"prototypes"} or not isinstance(
+            update.payload["prototypes"], dict
+        ):
+            raise ValueError(
+                f"payload must be {{'prototypes': {{...}}}}, got {sorted(update.payload)}"
+            )
+        dims, num_classes = getattr(self, "prototype_shape", (None, None))
+        for key, vectors in update.payload["prototypes"].items():
+            level, _, cls = str(key).rpartition("/")
+            if dims is not None and (
+                level not in dims or not cls.isdigit() or int(cls) >= num_classes
+            ):
+                raise ValueError(f"prototype {key!r}: no such level/class in this model")
+            if not isinstance(vectors, torch.Tensor) or not vectors.is_floating_point():
+                raise ValueError(f"prototype {key!r}: not a floating-point tensor")
+            width = dims[level] if dims is not None else vectors.shape[-1]
+            if vectors.dim() != 2 or vectors.shape != (1, width):
+                raise ValueError(
+                    f"prototype {key!r}: shape {tuple(vectors.shape)}, expected (1, {width})"
+                )
+            if not torch.isfinite(vectors).all():
+                raise ValueError(f"prototype {key!r}: non-finite values")
 
     def client_hooks(self) -> list[ClientHook]:
         return [PrototypeAlignment(self.options, self.local_epochs)] if self.options.cdpa else []
@@ -165,7 +191,7 @@ class FedBCS(FedAvg):
     def aggregate_train(
         self, server_round: int, updates: list[ClientUpdate]
     ) -> tuple[Weights, dict[str, float]]:
-        weights = weighted_average(updates, self.weight_of)
+        weights = self.average(updates)
         metrics: dict[str, float] = {}
         if self.options.cdpa:
             banks = [PrototypeBank.from_dict(u.payload["prototypes"]) for u in updates]

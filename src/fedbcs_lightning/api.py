@@ -154,13 +154,13 @@ def resume(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ResumeError(f"{run_dir} cannot be resumed: no such folder")
+    if rounds is not None and rounds < 1:
+        raise ResumeError(f"--rounds must be at least 1, got {rounds}")
     with lock_run_dir(run_dir):
         checkpoint = _resumable_state(run_dir)
         config = from_dict(checkpoint["config"])
         done = checkpoint["trainer"]["round"]
         if rounds is not None:
-            if rounds < 1:
-                raise ResumeError(f"--rounds must be at least 1, got {rounds}")
             config = merge(config, {"train": {"rounds": rounds}})
         if done > config.train.rounds or (done == config.train.rounds and _finished(run_dir, done)):
             raise ResumeError(

@@ -226,3 +226,14 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path):
         if r.WhichOneof("record_type") == "run"
     }
     assert ids == {run_id}
+
+
+def test_a_resumed_tensorboard_file_sorts_after_the_interrupted_one(tmp_path):
+    import time
+
+    from fedbcs_lightning.callbacks.loggers import _after_existing_event_files
+
+    now = int(time.time())
+    (tmp_path / f"events.out.tfevents.{now}.host.99999.0").write_bytes(b"")
+    _after_existing_event_files(tmp_path)
+    assert int(time.time()) > now  # a file created now gets a later name

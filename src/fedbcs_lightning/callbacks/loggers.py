@@ -26,6 +26,7 @@ import csv
 import io
 import math
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,8 @@ class TensorBoardLogger(FederatedCallback):
         from torch.utils.tensorboard import SummaryWriter
 
         done = trainer.server_round
+        if done:
+            _after_existing_event_files(self.log_dir)
         self.writer = SummaryWriter(str(self.log_dir), purge_step=done + 1 if done else None)
         if not done:
             import yaml
@@ -179,6 +182,23 @@ class TensorBoardLogger(FederatedCallback):
     def on_fit_end(self, trainer: Any, result: Any) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _after_existing_event_files(log_dir: Path) -> None:
+    """Wait (at most a second) until a new event file would sort after the existing ones.
+
+    TensorBoard reads a folder's event files in name order, and names start with the
+    creation time in whole seconds; a resumed run's purge of the rounds after the resume
+    point only applies to events read before it. A resume within the same second as the
+    interrupted run's start would otherwise sort first and keep those rounds twice.
+    """
+    stamps = [
+        int(parts[3])
+        for path in log_dir.glob("events.out.tfevents.*")
+        if len(parts := path.name.split(".")) > 3 and parts[3].isdigit()
+    ]
+    while stamps and int(time.time()) <= max(stamps):
+        time.sleep(0.05)
 
 
 def wandb_mode() -> str | None:

@@ -28,12 +28,27 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 PIXEL_LIMIT_VARIABLE = "FEDBCS_MAX_IMAGE_PIXELS"
 
 
+_PIL_DEFAULT_LIMIT: list[int | None] = []
+
+
+def pixel_limit() -> int | None:
+    """The largest image to decode: ``$FEDBCS_MAX_IMAGE_PIXELS`` (0 = none), else PIL's."""
+    from PIL import Image
+
+    if not _PIL_DEFAULT_LIMIT:
+        _PIL_DEFAULT_LIMIT.append(Image.MAX_IMAGE_PIXELS)
+    value = os.environ.get(PIXEL_LIMIT_VARIABLE)
+    if value is None:
+        return _PIL_DEFAULT_LIMIT[0]
+    if not value.strip().isdigit():
+        raise DataError(f"{PIXEL_LIMIT_VARIABLE}={value!r}: expected a whole number of pixels")
+    return int(value) or None
+
+
 def _open(path: Path):
     from PIL import Image, UnidentifiedImageError
 
-    limit = os.environ.get(PIXEL_LIMIT_VARIABLE)
-    if limit is not None:
-        Image.MAX_IMAGE_PIXELS = int(limit) or None
+    Image.MAX_IMAGE_PIXELS = pixel_limit()
     try:
         image = Image.open(path)
         image.load()  # decode now: a truncated file fails here, not mid-training

@@ -101,8 +101,8 @@ def _no_strays(name: str, root: Path, folders: list[Path], sites: list[Path]) ->
     if strays:
         layouts = "\n  ".join(LAYOUTS[name])
         raise DataError(
-            f"{root}: folder(s) {', '.join(f.name + '/' for f in strays)} are not {name} "
-            f"sites in the layout the other folders use:\n  {layouts}\n"
+            f"{root}: folder(s) {', '.join(f.name + '/' for f in strays)} do not fit the "
+            f"{name} layout of the other folders:\n  {layouts}\n"
             "Move them out of the data folder (hidden folders, starting with '.', are skipped)"
         )
 

@@ -15,6 +15,7 @@ seeds, and the mean over sites. Writes ``compare-<dataset>.md`` (the table),
 from __future__ import annotations
 
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -136,6 +137,17 @@ def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
     tmp.replace(path)
 
 
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def output_folder(out: Path | None, quick: bool) -> Path:
+    """Where results go: ``out``, else the committed results folder, except that a smoke
+    run (``--quick``) goes to a new temporary folder and never replaces committed results."""
+    if out is not None:
+        return out
+    return Path(tempfile.mkdtemp(prefix="compare-quick-")) if quick else RESULTS
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--dataset", default="synthetic")
@@ -145,8 +157,15 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--set", action="append", default=[], help="config override key=value")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for the table, JSON and plot (default benchmarks/results; with --quick "
+        "a temporary folder, so that a smoke run never replaces the committed results)",
+    )
     args = p.parse_args()
+    args.out = output_folder(args.out, args.quick)
     for override in args.set:
         parse_override(override)  # fail before any training
     args.image_size = args.image_size or (32 if args.quick else 64)
@@ -173,6 +192,7 @@ def main() -> None:
     atomic_write_text(stem.with_suffix(".md"), text + "\n")
     plot(results, stem.with_suffix(".png"), header)
     emit(args, {"header": header, "seeds": seeds, "results": results}, [text])
+    print(f"wrote {stem}.md, .json and .png", file=sys.stderr)
 
 
 if __name__ == "__main__":

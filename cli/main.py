@@ -21,7 +21,43 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"fedbcs-lightning {version('fedbcs-lightning')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Federated medical image segmentation with FedBCS and its baselines."""
+
+
+IMPORTS = typer.Option(
+    "--import",
+    metavar="MODULE",
+    help="Import this module first (repeatable), e.g. one that registers your backbone, "
+    "method or data set. Installed packages can register through entry points instead.",
+)
+
+
+def _import(modules: list[str] | None) -> None:
+    from fedbcs_lightning.registry import import_modules
+
+    try:
+        import_modules(modules or [])
+    except ImportError as err:
+        _fail(f"--import: {err}")
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -83,11 +119,13 @@ def fit(
             "(only --rounds may be given with it, to train longer)."
         ),
     ] = None,
+    imports: Annotated[list[str] | None, IMPORTS] = None,
     overwrite: Annotated[
         bool,
         typer.Option(
+            "--overwrite",
             help="Write into a non-empty --output folder, replacing the files an earlier run "
-            "wrote there (other files stay)."
+            "wrote there (other files stay).",
         ),
     ] = False,
 ) -> None:
@@ -98,7 +136,7 @@ def fit(
             "--clients": clients, "--batch-size": batch_size, "--lr": lr,
             "--image-size": image_size, "--seed": seed, "--data-root": data_root,
             "--cache": cache, "--config": config, "--output": output, "--set": set_,
-            "--logger": logger, "--overwrite": overwrite,
+            "--logger": logger, "--overwrite": overwrite, "--import": imports,
         }  # fmt: skip
         extra = [name for name, value in given.items() if value]
         if extra:
@@ -124,24 +162,29 @@ def fit(
                     "data.cache": cache,
                     "run.output": str(output) if output else None,
                     "run.loggers": [n for n in logger if n != "none"] if logger else None,
+                    "run.imports": imports or None,
                 }
             ),
         )
     except ConfigError as err:
         _fail(str(err))
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    from fedbcs_lightning.api import default_run_dir
     from fedbcs_lightning.api import fit as run_fit
 
-    with _run_errors():
-        run = run_fit(cfg, overwrite=overwrite)
+    run_dir = Path(cfg.run.output) if cfg.run.output else default_run_dir(cfg)
+    typer.echo(f"reading data set {cfg.data.name!r} and building {cfg.train.method} clients ...")
+    with _run_errors(run_dir):
+        run = run_fit(cfg, run_dir=run_dir, overwrite=overwrite)
     typer.echo("")
     typer.echo(run.summary_table())
     typer.echo(f"\nrun directory: {run.run_dir}")
 
 
 @contextlib.contextmanager
-def _run_errors():
-    """Turn the errors a fit or resume reports to its user into one message and exit 1."""
+def _run_errors(run_dir: Path):
+    """Turn the errors a fit or resume reports to its user into one message and exit 1;
+    Ctrl-C into the way to continue and exit 130."""
     from fedbcs_lightning.api import ResumeError
     from fedbcs_lightning.data import DataError
     from fedbcs_lightning.federation.updates import FederationStopped
@@ -150,6 +193,13 @@ def _run_errors():
 
     try:
         yield
+    except KeyboardInterrupt:
+        if (run_dir / "checkpoints" / "state.pt").is_file():
+            message = f"interrupted; continue with: fedbcs fit --resume {run_dir}"
+        else:
+            message = "interrupted before a round was saved; nothing was kept"
+        typer.echo(f"\n{message}", err=True)
+        raise typer.Exit(130) from None
     except (
         FederationStopped,
         ResumeError,
@@ -166,7 +216,7 @@ def _resume(run_dir: Path, rounds: int | None) -> None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     from fedbcs_lightning.api import resume as run_resume
 
-    with _run_errors():
+    with _run_errors(run_dir):
         run = run_resume(run_dir, rounds)
     typer.echo("")
     typer.echo(run.summary_table())
@@ -180,11 +230,16 @@ def prepare(
     out: Annotated[Path, typer.Option(help="HDF5 file to write.")],
     image_size: Annotated[int | None, typer.Option(help="Resize to this size.")] = None,
     skip_unpaired: Annotated[
-        bool, typer.Option(help="Skip images without masks (with a warning) instead of failing.")
+        bool,
+        typer.Option(
+            "--skip-unpaired", help="Skip images without masks (with a warning) instead of failing."
+        ),
     ] = False,
     config: Annotated[str | None, typer.Option("--config", help="YAML file or preset.")] = None,
+    imports: Annotated[list[str] | None, IMPORTS] = None,
 ) -> None:
     """Check a data set once and write it to an HDF5 cache (atomic, idempotent)."""
+    _import(imports)
     try:
         cfg = resolve(
             config,
@@ -242,7 +297,10 @@ def report(
 
 
 CHECKPOINT = typer.Argument(help="Checkpoint written by `fedbcs fit` (RUN/checkpoints/*.pt).")
-SITE_MODEL = typer.Option(help="Site whose model to use (required for method local).")
+SITE_MODEL = typer.Option(
+    help="Site whose model to use (required for checkpoints of methods local, fedbn and "
+    "harmofl, which hold one model per site)."
+)
 
 
 @app.command()
@@ -258,8 +316,10 @@ def evaluate(
     out: Annotated[
         Path | None, typer.Option(help="Also write the scores to FILE.csv or FILE.json.")
     ] = None,
+    imports: Annotated[list[str] | None, IMPORTS] = None,
 ) -> None:
     """Score a checkpoint per site and region: Dice, HD95 and ASSD (pixels)."""
+    _import(imports)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     from fedbcs_lightning.data import SPLITS
 
@@ -285,19 +345,28 @@ def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
     out: Annotated[Path, typer.Option(help="Folder for <stem>_mask.png and <stem>_overlay.png.")],
     site: Annotated[str | None, SITE_MODEL] = None,
+    imports: Annotated[list[str] | None, IMPORTS] = None,
 ) -> None:
     """Segment images: write each one's label map (class indices, uint8) and an overlay."""
+    _import(imports)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     from fedbcs_lightning.evaluation.checkpoints import load_model
     from fedbcs_lightning.evaluation.predict import collect_images, predict_file, save_prediction
+    from fedbcs_lightning.reporting.visualize import foreground_shares
 
     try:
         files = collect_images(inputs)
         model, info = load_model(checkpoint, site)
+        names = list(info.data["class_names"])
         for path in files:
             image, mask = predict_file(model, info, path)
-            written = save_prediction(out, path.stem, image, mask)
-            typer.echo(f"{path} -> {', '.join(p.name for p in written)}")
+            written = save_prediction(out, path.stem, image, mask, names)
+            shares = foreground_shares(mask, names)
+            found = ", ".join(f"{name} {share:.1%}" for name, share in shares.items() if share)
+            typer.echo(
+                f"{path} -> {', '.join(p.name for p in written)}  "
+                f"({found or 'no foreground predicted'})"
+            )
     except (ValueError, FileNotFoundError) as err:
         _fail(str(err), code=1)
     typer.echo(f"wrote {2 * len(files)} files to {out}")
@@ -309,8 +378,10 @@ def export(
     out: Annotated[Path, typer.Option(help="File to write.")],
     fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
     site: Annotated[str | None, SITE_MODEL] = None,
+    imports: Annotated[list[str] | None, IMPORTS] = None,
 ) -> None:
     """Export a checkpoint's network to ONNX or TorchScript, checked against PyTorch."""
+    _import(imports)
     if fmt not in ("onnx", "torchscript"):
         _fail(f"--format {fmt!r}: choose onnx or torchscript")
     from fedbcs_lightning.evaluation.checkpoints import load_model

@@ -11,10 +11,14 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 @pytest.fixture
 def shared_datasets() -> Path:
-    """The real sample data beside the checkout; skip where it is absent."""
-    if not SHARED.is_dir():
-        pytest.skip(f"real data not found at {SHARED} (only present in the development checkout)")
-    return SHARED
+    """The real data (``nuclei/``, ``samples/``): ``$FEDBCS_DATA`` if it holds them, else
+    the folder beside the development checkout; skip where neither does."""
+    candidates = [Path(os.environ["FEDBCS_DATA"])] if os.environ.get("FEDBCS_DATA") else []
+    for folder in [*candidates, SHARED]:
+        if (folder / "nuclei").is_dir() or (folder / "samples").is_dir():
+            return folder
+    looked = " or ".join(str(f) for f in [*candidates, SHARED])
+    pytest.skip(f"real data (nuclei/, samples/) not found in {looked}; set FEDBCS_DATA")
 
 
 @pytest.fixture

@@ -49,3 +49,10 @@ def test_table_ordering_and_plot(compare, tmp_path):
     assert compare.curves(results) in compare.report("header", results)
     compare.plot(results, tmp_path / "plot.png", "title")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_smoke_runs_never_write_into_the_committed_results(compare, tmp_path):
+    assert compare.output_folder(None, quick=False) == BENCHMARKS / "results"
+    smoke = compare.output_folder(None, quick=True)
+    assert smoke.is_dir() and BENCHMARKS not in smoke.parents
+    assert compare.output_folder(tmp_path, quick=True) == tmp_path

@@ -104,7 +104,7 @@ def test_resume_errors_name_the_problem(tmp_path):
     state = tmp_path / "checkpoints" / "state.pt"
     state.parent.mkdir(parents=True)
     state.write_bytes(b"not a checkpoint")
-    with pytest.raises(ResumeError, match="damaged"):
+    with pytest.raises(ResumeError, match="is not a fedbcs checkpoint"):
         resume(tmp_path, progress=False)
 
 

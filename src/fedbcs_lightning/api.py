@@ -276,4 +276,4 @@ def format_summary(result: FitResult, regions: list[str]) -> str:
 
 
 def _fmt(value: float) -> str:
-    return "nan" if not math.isfinite(value) else f"{value:.4f}"
+    return "–" if not math.isfinite(value) else f"{value:.4f}"  # none: e.g. HD95 of no region

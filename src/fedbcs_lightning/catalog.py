@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from fedbcs_lightning.registry import Registry
 
-BACKBONES = Registry("backbone")
-DATASETS = Registry("data set")
-METHODS = Registry("method")
+#: Installed packages add entries through these entry-point groups (see README, "Add a
+#: backbone"); ``--import MODULE`` (config ``run.imports``) imports a module that registers.
+BACKBONES = Registry("backbone", "fedbcs_lightning.backbones")
+DATASETS = Registry("data set", "fedbcs_lightning.datasets")
+METHODS = Registry("method", "fedbcs_lightning.methods")
 
 #: The experiment trackers ``run.loggers`` accepts (:mod:`fedbcs_lightning.callbacks.loggers`).
 LOGGERS = ("wandb", "csv", "tensorboard")

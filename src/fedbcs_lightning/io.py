@@ -104,11 +104,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic[:2] != b"PK" and magic[:1] != b"\x80":  # neither torch's zip nor pickle format
+        raise ValueError(
+            f"checkpoint {str(path)!r} is not a fedbcs checkpoint (not a file written by "
+            "torch.save); pass a RUN/checkpoints/*.pt file"
+        )
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any unreadable content: say which file, not a traceback
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "Weights only load failed" in reason:
+            reason = "it holds objects other than tensors and plain data, which are refused"
         raise ValueError(
-            f"checkpoint {str(path)!r} is damaged or not a fedbcs checkpoint ({err})"
+            f"checkpoint {str(path)!r} is damaged or not a fedbcs checkpoint ({reason})"
         ) from None
     if not isinstance(data, dict) or "state_dict" not in data:
         raise ValueError(f"checkpoint {str(path)!r} has no 'state_dict'; not a fedbcs checkpoint")

@@ -41,16 +41,36 @@ class _Entry:
     def resolve(self) -> Any:
         if isinstance(self.target, str):
             module_name, _, attribute = self.target.partition(":")
-            self.target = getattr(importlib.import_module(module_name), attribute)
+            obj: Any = importlib.import_module(module_name)
+            for part in attribute.split("."):
+                obj = getattr(obj, part)
+            self.target = obj
         return self.target
 
 
 class Registry:
-    """A named collection of factories (backbones, data sets, methods, ...)."""
+    """A named collection of factories (backbones, data sets, methods, ...).
 
-    def __init__(self, kind: str) -> None:
+    With ``entry_point_group``, installed packages add entries without being imported
+    first: each entry point of the group (``name = "module:attribute"`` in the package's
+    metadata) is registered lazily the first time the registry is consulted.
+    """
+
+    def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
         self.kind = kind
+        self.entry_point_group = entry_point_group
         self._entries: dict[str, _Entry] = {}
+        self._plugins_loaded = entry_point_group is None
+
+    def _load_plugins(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        from importlib.metadata import entry_points
+
+        for point in entry_points(group=self.entry_point_group):
+            if point.name not in self._entries:
+                self._entries[point.name] = _Entry(point.value, f"(from {point.value})")
 
     def register(
         self, name: str, target: Any = None, *, description: str = "", override: bool = False
@@ -76,6 +96,7 @@ class Registry:
 
     def check(self, name: str) -> None:
         """Raise :class:`RegistryError` naming the valid choices if ``name`` is unknown."""
+        self._load_plugins()
         if name not in self._entries:
             close = difflib.get_close_matches(name, self._entries, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -89,9 +110,11 @@ class Registry:
         return self._entries[name].description
 
     def names(self) -> list[str]:
+        self._load_plugins()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        self._load_plugins()
         return name in self._entries
 
     def __repr__(self) -> str:
@@ -100,3 +123,13 @@ class Registry:
 
 def _first_line(doc: str | None) -> str:
     return doc.strip().splitlines()[0] if doc and doc.strip() else ""
+
+
+def import_modules(names: list[str]) -> None:
+    """Import the modules ``names`` (e.g. ones that register a backbone); an error names
+    the module that cannot be imported."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # any failure of the user's module, with its reason
+            raise ImportError(f"cannot import {name!r}: {type(err).__name__}: {err}") from None

@@ -123,6 +123,7 @@ def test_wandb_offline_run_holds_config_metrics_and_images(run):
     assert "server/fsr/level2/normalised" in keys
     assert {"overlays/site1/_type", "overlays/site2/all_masks"} <= keys
     assert "test/selected/site1/dice" in summary and "best_round" in summary
+    assert {"test/selected/mean/dice", "test/last/mean/dice"} <= set(summary)
 
 
 def test_wandb_run_id_round_trips_into_a_second_fit(run, tmp_path):
@@ -216,9 +217,13 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path):
         state = torch.load(tmp_path / "checkpoints" / "state.pt", weights_only=True)
         run_id = state["trainer"]["callbacks"]["WandbLogger"]["run_id"]
         assert run_id
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
         resume(tmp_path, rounds=2, progress=False)
     files = sorted(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 2  # one per process, the same run
+    sync = printed.getvalue().split("wandb sync ", 1)[1]
+    assert all(str(path.parent) in sync for path in files)  # the command uploads both
     ids = {
         r.run.run_id
         for path in files

@@ -35,7 +35,7 @@ def test_listings():
     assert "synthetic" in runner.invoke(app, ["datasets"]).output
     assert "fedavg" in runner.invoke(app, ["methods"]).output
     assert "smp-unet" in runner.invoke(app, ["backbones"]).output
-    shown = yaml.safe_load(runner.invoke(app, ["config", "--config", "quick"]).output)
+    shown = yaml.safe_load(runner.invoke(app, ["config", "--config", "smoke"]).output)
     assert shown["data"]["image_size"] == 32
 
 
@@ -147,12 +147,14 @@ def test_prepare_prostate_samples_names_the_unpaired_file(shared_datasets, tmp_p
     assert result.exit_code == 1 and "has 1 cases to split" in result.output  # one case a site
 
 
-def test_fit_without_data_says_where_it_looked(monkeypatch):
+def test_fit_without_data_says_where_it_looked(monkeypatch, tmp_path):
     monkeypatch.delenv("FEDBCS_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["fit", "--dataset", "fundus"])
     assert result.exit_code == 1
     assert "--data-root (not given)" in result.output and "DoFE" in result.output
     assert "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []  # no run folder left behind
 
 
 def test_fit_on_real_nuclei_sites_reports_each_site(shared_datasets, tmp_path):
@@ -178,8 +180,10 @@ def test_fit_on_real_nuclei_sites_reports_each_site(shared_datasets, tmp_path):
     assert "dice nucleus" in result.output
 
 
-def test_fit_reads_the_cache_it_is_given(tmp_path):
+def test_fit_reads_the_cache_it_is_given(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     missing = tmp_path / "nowhere.h5"
     result = runner.invoke(app, ["fit", "--dataset", "fundus", "--cache", str(missing)])
     assert result.exit_code == 1
     assert str(missing) in result.output and "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []  # no run folder left behind

@@ -130,7 +130,11 @@ def test_predict_writes_masks_equal_to_the_models_argmax(run, checkpoint, tmp_pa
         expected = model(SegmentationDataset(site, [i])[0][0][None]).argmax(1)[0].numpy()
         assert mask.dtype == np.uint8 and np.array_equal(mask, expected)
         overlay = np.asarray(Image.open(out / f"scan{i}_overlay.png"))
-        assert overlay.shape == (32, 32, 3) and overlay.dtype == np.uint8
+        assert overlay.shape == (32 + 16, 32, 3) and overlay.dtype == np.uint8  # + legend band
+        shares = [f"{(mask == k).mean():.1%}" for k in (1, 2) if (mask == k).any()]
+        line = next(ln for ln in result.output.splitlines() if f"scan{i}.png ->" in ln)
+        assert all(share in line for share in shares)
+        assert shares or "no foreground predicted" in line
 
 
 def test_predict_names_an_unreadable_input(checkpoint, tmp_path):
@@ -183,5 +187,7 @@ def test_export_errors(checkpoint, tmp_path):
     text = tmp_path / "notes.pt"
     text.write_text("hello\n")
     result = invoke("export", text, "--out", tmp_path / "m.pt", "--format", "torchscript")
-    assert result.exit_code == 1 and f"checkpoint '{text}' is damaged" in result.output
+    assert (
+        result.exit_code == 1 and f"checkpoint '{text}' is not a fedbcs checkpoint" in result.output
+    )
     assert not (tmp_path / "m.pt").exists()

@@ -18,7 +18,7 @@ def test_precedence_preset_then_overrides_then_options(tmp_path):
 
 
 def test_builtin_preset_by_name():
-    assert resolve("quick").data.image_size == 32
+    assert resolve("smoke").data.image_size == 32
 
 
 @pytest.mark.parametrize(
@@ -62,7 +62,7 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         resolve(bad)
-    with pytest.raises(ConfigError, match="neither a file nor a preset; presets: .*quick"):
+    with pytest.raises(ConfigError, match="neither a file nor a preset; presets: .*smoke"):
         resolve("no-such-preset")
 
 

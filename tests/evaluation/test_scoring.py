@@ -26,7 +26,7 @@ def test_evaluate_one_site_on_another_split(fedbcs_run):
     assert list(result.sites) == ["site2"] and result.split == "val"
     assert 0.0 <= result.sites["site2"]["dice"] <= 1.0
     assert result.mean == result.sites["site2"]
-    with pytest.raises(DataError, match="no site 'site9'; its sites: site1, site2"):
+    with pytest.raises(DataError, match="data set 'synthetic' has no site 'site9'; its sites"):
         evaluate_checkpoint(last(fedbcs_run), site="site9")
     with pytest.raises(ValueError, match="unknown split 'all'"):
         evaluate_checkpoint(last(fedbcs_run), split="all")

@@ -39,7 +39,8 @@ def test_report_is_self_contained_with_tables_curves_overlays_and_internals(run_
     for site, metrics in summary["test_selected"]["sites"].items():
         assert f"<td>{site}</td><td>{metrics['dice/disc']:.4f}</td>" in page
     assert "<th>Dice cup</th>" in page and "<th>HD95</th>" in page
-    assert "clusters/encoder/1" in page and "fsr/level2/normalised" in page
+    assert "clusters/encoder/disc rim" in page and "fsr/level2/normalised" in page
+    assert "clusters/encoder/1" not in page  # classes are named, not numbered
     images = embedded_pngs(page)
     assert len(images) == 3 and all(image.startswith(PNG) for image in images)
     assert images[0] == curves.read_bytes()

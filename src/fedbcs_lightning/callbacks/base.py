@@ -41,8 +41,18 @@ class FederatedCallback:
     def on_round_end(self, trainer: Any, server_round: int, record: dict[str, Any]) -> None:
         """After validation; ``record`` holds the round's losses and per-site metrics."""
 
+    def on_site_evaluated(self, trainer: Any, split: str, site: str) -> None:
+        """After one site's model was scored on ``split`` (``val`` each round, ``test`` at
+        the end)."""
+
+    def on_test_start(self, trainer: Any) -> None:
+        """After the last round, before the selected and the last model are tested."""
+
     def on_fit_end(self, trainer: Any, result: Any) -> None:
         """After the final test evaluation, with the :class:`FitResult`."""
+
+    def on_exception(self, trainer: Any, error: BaseException) -> None:
+        """The fit is ending with ``error`` (Ctrl-C included); release what you hold."""
 
     def state_dict(self) -> dict[str, Any]:
         """What this callback needs to continue a resumed run (kept in checkpoints under

@@ -117,7 +117,11 @@ class CheckpointWriter(FederatedCallback):
 
         self._save("last.pt", result.last_weights, trainer.server_round)
         self._save("selected.pt", result.selected_weights, result.best_round)
-        summary = {"best_round": result.best_round, "rounds": trainer.rounds}
+        summary = {
+            "best_round": result.best_round,
+            "rounds": trainer.rounds,
+            "class_names": self.data_info.get("class_names"),
+        }
         for key, per_site in (
             ("test_selected", result.test_selected),
             ("test_last", result.test_last),
@@ -140,16 +144,35 @@ def versions() -> dict[str, str]:
 
 
 class RoundProgress(FederatedCallback):
-    """One line per round with the mean validation Dice and an ETA; on a terminal, a
-    live rich progress bar over rounds and clients instead of Lightning's bars."""
+    """What the run is doing, as it happens: a line when it starts, one per round with the
+    losses, mean validation Dice and an ETA, and the final test site by site. On a
+    terminal a live rich bar over rounds and clients (or test sites) replaces Lightning's
+    bars. Counts and ETA hold for resumed runs (they count the rounds of this process)."""
 
     def __init__(self, stream=None) -> None:
         self.stream = stream or sys.stdout
         self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
         self._progress = None
 
+    def _print(self, line: str) -> None:
+        if self._progress:
+            self._progress.console.print(line, highlight=False)
+        else:
+            print(line, file=self.stream, flush=True)
+
     def on_fit_start(self, trainer: Any) -> None:
         self.start = time.perf_counter()
+        self.first_round = trainer.server_round  # rounds done before this process
+        sites = len(trainer.clients)
+        if self.first_round >= trainer.rounds:
+            self._print(f"all {trainer.rounds} rounds are done; finishing the run")
+        elif self.first_round:
+            self._print(
+                f"resuming after round {self.first_round}: rounds {self.first_round + 1}-"
+                f"{trainer.rounds} with {sites} clients"
+            )
+        else:
+            self._print(f"training {sites} clients for {trainer.rounds} rounds")
         if self.live:
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -163,8 +186,10 @@ class RoundProgress(FederatedCallback):
                 transient=True,
             )
             self._progress.start()
-            self._rounds = self._progress.add_task("rounds", total=trainer.rounds)
-            self._clients = self._progress.add_task("clients", total=len(trainer.clients))
+            self._rounds = self._progress.add_task(
+                "rounds", total=trainer.rounds, completed=self.first_round
+            )
+            self._clients = self._progress.add_task("clients", total=sites)
 
     def on_round_start(self, trainer: Any, server_round: int) -> None:
         if self._progress:
@@ -175,28 +200,53 @@ class RoundProgress(FederatedCallback):
             self._progress.advance(self._clients)
 
     def on_update_rejected(self, trainer: Any, server_round: int, client: str, reason: str) -> None:
-        line = f"round {server_round}: update of {client} rejected: {reason}"
-        if self._progress:
-            self._progress.console.print(line)
-        else:
-            print(line, file=self.stream, flush=True)
+        self._print(f"round {server_round}: update of {client} rejected: {reason}")
 
     def on_round_end(self, trainer: Any, server_round: int, record: dict[str, Any]) -> None:
         elapsed = time.perf_counter() - self.start
-        eta = elapsed / server_round * (trainer.rounds - server_round)
+        done_here = server_round - self.first_round
+        eta = elapsed / done_here * (trainer.rounds - server_round)
         losses = [m.get("loss/total", float("nan")) for m in record["train"].values()]
         line = (
             f"round {server_round}/{trainer.rounds}  "
-            f"train loss {sum(losses) / len(losses):.4f}  "
+            f"train loss {sum(losses) / max(len(losses), 1):.4f}  "
             f"val dice {record['val']['mean']['dice']:.4f}  "
             f"elapsed {elapsed:.0f}s  eta {eta:.0f}s"
         )
         if self._progress:
             self._progress.advance(self._rounds)
-            self._progress.console.print(line)
+        self._print(line)
+
+    def on_test_start(self, trainer: Any) -> None:
+        models = (
+            "the last round's model"
+            if trainer.best_round == trainer.server_round
+            else f"the model selected on validation (round {trainer.best_round}) and the last "
+            "round's"
+        )
+        sites = len(trainer.clients)
+        self._tests = (0, sites * (1 if trainer.best_round == trainer.server_round else 2))
+        self._print(f"testing {models} on {sites} sites ...")
+        if self._progress:
+            self._progress.reset(self._clients, total=self._tests[1], description="testing")
+
+    def on_site_evaluated(self, trainer: Any, split: str, site: str) -> None:
+        if split != "test":
+            return
+        done, total = self._tests[0] + 1, self._tests[1]
+        self._tests = (done, total)
+        if self._progress:
+            self._progress.advance(self._clients)
         else:
-            print(line, file=self.stream, flush=True)
+            self._print(f"  tested {site} ({done}/{total})")
 
     def on_fit_end(self, trainer: Any, result: Any) -> None:
+        self._stop()
+
+    def on_exception(self, trainer: Any, error: BaseException) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
         if self._progress:
             self._progress.stop()
+            self._progress = None

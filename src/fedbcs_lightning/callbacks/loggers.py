@@ -263,7 +263,19 @@ class WandbLogger(FederatedCallback):
         for site in [*trainer.clients, "mean"]:
             self.run.define_metric(f"val/{site}/dice", summary="max")
         if self.run.offline:
-            where = self.run.settings.sync_dir
+            # a resumed run writes a folder per process; all of them make up the run
+            folders = sorted(
+                {
+                    *map(
+                        str,
+                        Path(self.run.settings.sync_dir).parent.glob(
+                            f"offline-run-*-{self.run_id}"
+                        ),
+                    ),
+                    str(self.run.settings.sync_dir),
+                }
+            )
+            where = " ".join(folders)
             print(f"W&B is offline: run saved in {where}; upload it with `wandb sync {where}`")
         elif not self.run.disabled:
             print(f"W&B run: {self.run.url}")
@@ -296,8 +308,10 @@ class WandbLogger(FederatedCallback):
 
     def on_fit_end(self, trainer: Any, result: Any) -> None:
         summary: dict[str, Any] = {"best_round": result.best_round}
+        from fedbcs_lightning.evaluation.metrics import mean_over_sites
+
         for name, per_site in (("selected", result.test_selected), ("last", result.test_last)):
-            for site, metrics in per_site.items():
+            for site, metrics in {**per_site, "mean": mean_over_sites(per_site)}.items():
                 summary.update(_numbers(metrics, f"test/{name}/{site}/"))
         self.run.summary.update(summary)
         self.run.finish()

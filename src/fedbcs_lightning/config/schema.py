@@ -136,6 +136,7 @@ class RunConfig:
     loggers: list[str] = field(default_factory=list)  # experiment trackers: wandb, csv, tensorboard
     log_images: int = 4  # validation images per site in logged overlays and plots (0 = none)
     checkpoint_every: int = 1  # write the resumable state every N rounds (and at the end)
+    imports: list[str] = field(default_factory=list)  # modules that register backbones etc.
 
 
 @dataclass

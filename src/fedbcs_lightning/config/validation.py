@@ -18,8 +18,12 @@ AGGREGATIONS = ("mean", "median", "trimmed_mean")
 def validate(config: Config) -> None:
     """Check values and registered names; raise :class:`ConfigError` naming the key."""
     from fedbcs_lightning.catalog import BACKBONES, DATASETS, METHODS
-    from fedbcs_lightning.registry import RegistryError
+    from fedbcs_lightning.registry import RegistryError, import_modules
 
+    try:
+        import_modules(config.run.imports)
+    except ImportError as err:
+        raise ConfigError(f"run.imports: {err}") from None
     for registry, value, key in (
         (DATASETS, config.data.name, "data.name"),
         (METHODS, config.train.method, "train.method"),

@@ -120,12 +120,21 @@ def _write_png(path: Path, array: np.ndarray) -> Path:
 
 
 def save_prediction(
-    out_dir: str | Path, stem: str, image: np.ndarray, mask: np.ndarray
+    out_dir: str | Path,
+    stem: str,
+    image: np.ndarray,
+    mask: np.ndarray,
+    class_names: list[str] | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``<stem>_mask.png`` (class indices, uint8) and ``<stem>_overlay.png``."""
-    from fedbcs_lightning.reporting.visualize import overlay
+    """Write ``<stem>_mask.png`` (class indices, uint8, the image's size) and
+    ``<stem>_overlay.png`` (the image with the classes painted on and, given
+    ``class_names``, a legend band below)."""
+    from fedbcs_lightning.reporting.visualize import overlay, with_legend
 
     out_dir = Path(out_dir)
     mask_path = _write_png(out_dir / f"{stem}_mask.png", mask)
-    overlay_path = _write_png(out_dir / f"{stem}_overlay.png", overlay(image, mask))
+    picture = overlay(image, mask)
+    if class_names:
+        picture = with_legend(picture, class_names)
+    overlay_path = _write_png(out_dir / f"{stem}_overlay.png", picture)
     return mask_path, overlay_path

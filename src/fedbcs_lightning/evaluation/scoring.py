@@ -108,7 +108,7 @@ class Evaluation:
 
 
 def _fmt(value: float) -> str:
-    return "nan" if not math.isfinite(value) else f"{value:.4f}"
+    return "–" if not math.isfinite(value) else f"{value:.4f}"  # none: e.g. HD95 of no region
 
 
 def evaluation_config(
@@ -201,7 +201,7 @@ def evaluate_checkpoint(
     names = [s.name for s in data.sites]
     if site is not None and site not in names:
         raise DataError(
-            f"data set {data.name!r} has no site {site!r}; its sites: {', '.join(names)}"
+            f"data set {config.data.name!r} has no site {site!r}; its sites: {', '.join(names)}"
         )
     recorded = (
         recorded_splits(checkpoint_path, data)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import warnings
 from typing import Any
 
@@ -211,7 +212,15 @@ class FederatedClient:
             num_sanity_val_steps=0,
             limit_val_batches=0,
         )
-        trainer.fit(self.module, train_dataloaders=self.loaders["train"])
+        try:
+            trainer.fit(self.module, train_dataloaders=self.loaders["train"])
+        except SystemExit:
+            if not trainer.interrupted:
+                raise
+            # Lightning answers Ctrl-C with exit(1) and ignores SIGINT from then on; give the
+            # caller the KeyboardInterrupt back (and Ctrl-C its usual meaning).
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt from None
         payload: dict[str, Any] = {}
         for hook in self.module.hooks:
             payload.update(hook.on_fit_end(self.module))

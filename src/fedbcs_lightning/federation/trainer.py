@@ -84,15 +84,23 @@ class FederatedTrainer:
     def evaluate(self, weights: Weights, split: str, surface_metrics: bool = False):
         names = list(self.clients)
         instructions = self.strategy.configure_evaluate(self.server_round, weights, names)
-        per_site = {
-            name: self.clients[name].evaluate(instruction, split, surface_metrics)
-            for name, instruction in instructions.items()
-        }
+        per_site = {}
+        for name, instruction in instructions.items():
+            per_site[name] = self.clients[name].evaluate(instruction, split, surface_metrics)
+            self._call("on_site_evaluated", split, name)
         return per_site, self.strategy.aggregate_evaluate(self.server_round, per_site)
 
     def fit(self, weights: Weights) -> FitResult:
         """Train from ``weights``, or, after :meth:`load_state_dict`, from where the saved
-        run stopped (``weights`` is then ignored)."""
+        run stopped (``weights`` is then ignored). An exception (Ctrl-C included) reaches
+        the callbacks' ``on_exception`` before it propagates."""
+        try:
+            return self._fit(weights)
+        except BaseException as err:
+            self._call("on_exception", err)
+            raise
+
+    def _fit(self, weights: Weights) -> FitResult:
         names = list(self.clients)
         if self.server_round == 0:
             self.weights = weights
@@ -135,6 +143,7 @@ class FederatedTrainer:
                 self.best_score, self.best_round = mean[self.selection_metric], server_round
                 self.best_weights = copy.deepcopy(self.weights)
             self._call("on_round_end", server_round, record)
+        self._call("on_test_start")
         test_last, _ = self.evaluate(self.weights, "test", surface_metrics=True)
         test_selected = (
             test_last

@@ -150,7 +150,8 @@ def dice_curves_figure(rows: Iterable[Mapping[str, Any]]):
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("Dice")
-    axes[-1].legend(fontsize="small", loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, fontsize="small", loc="outside right center")
     if best is not None:
         figure.suptitle(f"dotted line: round selected on validation ({best})", fontsize="small")
     return figure
@@ -195,8 +196,7 @@ def overlay_grid_figure(
                 cells, pictures, ("image", "truth", "prediction"), strict=True
             ):
                 ax.imshow(picture, interpolation="nearest")
-                if row == 0:
-                    ax.set_title(f"#{sample.index} {name}" if name == "image" else name, fontsize=8)
+                ax.set_title(f"#{sample.index} {name}" if name == "image" else name, fontsize=8)
         axes[row, 0].set_ylabel(site)
     if class_names and len(class_names) > 1:
         from matplotlib.patches import Patch
@@ -222,7 +222,21 @@ def write_overlay_grid(
     return save_figure(overlay_grid_figure(samples, class_names, title), path)
 
 
-def server_metrics_figure(rows: Iterable[Mapping[str, Any]]):
+def server_label(key: str, class_names: list[str] | None = None) -> str:
+    """``clusters/decoder/2`` -> ``clusters/decoder/cup`` when the classes have names.
+
+    >>> server_label("clusters/decoder/2", ["background", "rim", "cup"])
+    'clusters/decoder/cup'
+    """
+    parts = key.split("/")
+    if class_names and parts[0] == "clusters" and parts[-1].isdigit():
+        k = int(parts[-1])
+        if k < len(class_names):
+            parts[-1] = class_names[k]
+    return "/".join(parts)
+
+
+def server_metrics_figure(rows: Iterable[Mapping[str, Any]], class_names: list[str] | None = None):
     """Server-side metrics over rounds (FedBCS: prototype clusters per level and class,
     FSR mixing weights), one panel per key prefix; ``None`` when there are none."""
     from matplotlib.ticker import MaxNLocator
@@ -241,7 +255,8 @@ def server_metrics_figure(rows: Iterable[Mapping[str, Any]]):
             points = [(r["round"], r[key]) for r in server if _is_number(r.get(key))]
             if points:
                 x, y = zip(*points, strict=True)
-                ax.plot(x, y, marker="." if len(x) < 30 else None, label=key[len(group) + 1 :])
+                label = server_label(key, class_names)[len(group) + 1 :]
+                ax.plot(x, y, marker="." if len(x) < 30 else None, label=label)
         ax.set_title(group)
         ax.set_xlabel("round")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

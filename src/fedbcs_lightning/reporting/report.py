@@ -117,7 +117,8 @@ def render_report(run_dir: str | Path) -> str:
     else:
         parts.append(f'<p class="note">no {PLOTS_DIR}/{OVERLAYS} in this run directory</p>')
 
-    figure = server_metrics_figure(rows)
+    class_names = summary.get("class_names")
+    figure = server_metrics_figure(rows, class_names)
     if figure is not None:
         parts.append("<h2>Server-side metrics per round</h2>")
         parts.append(
@@ -127,7 +128,7 @@ def render_report(run_dir: str | Path) -> str:
             "(<code>fsr/level&lt;k&gt;/normalised</code>).</p>"
         )
         parts.append(_image(figure_png(figure), "server-side metrics"))
-        parts.append(_server_table(rows))
+        parts.append(_server_table(rows, class_names))
 
     parts.append("<h2>Configuration</h2>")
     parts.append(
@@ -216,10 +217,12 @@ def _metrics_table(block: Mapping[str, Any]) -> str:
     return f"<table><tr><th>site</th>{head}</tr>{''.join(body)}</table>"
 
 
-def _server_table(rows: list[dict[str, Any]]) -> str:
+def _server_table(rows: list[dict[str, Any]], class_names: list[str] | None = None) -> str:
+    from fedbcs_lightning.reporting.plots import server_label
+
     server = [r for r in rows if r.get("split") == "server"]
     keys = list(dict.fromkeys(k for r in server for k in r if k not in ("round", "split", "site")))
-    head = "".join(f"<th>{_e(k)}</th>" for k in keys)
+    head = "".join(f"<th>{_e(server_label(k, class_names))}</th>" for k in keys)
     body = "".join(
         f"<tr><td>{_e(r['round'])}</td>"
         + "".join(f"<td>{_fmt_server(r.get(k))}</td>" for k in keys)

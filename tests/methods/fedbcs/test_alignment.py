@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -74,3 +76,19 @@ def test_classes_without_prototypes_are_skipped():
     bank = PrototypeBank({("enc", 0): BG[None]})
     loss = alignment_loss(FG[None], torch.tensor([1]), bank, "enc", tau=0.1)
     assert loss == 0
+
+
+def test_paper_mode_stays_finite_when_every_positive_similarity_underflows():
+    """The reference adds 1e-9 to both sums: an anchor opposite its class's prototype at
+    tau 0.005 (exp(-200) = 0) gives a large finite loss, not inf with NaN gradients."""
+    bank = PrototypeBank(
+        {("enc", 0): torch.tensor([[1.0, 0.0]]), ("enc", 1): torch.tensor([[-1.0, 0.0]])}
+    )
+    features = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    loss = alignment_loss(features, torch.tensor([1]), bank, "enc", tau=0.005, mode="paper")
+    loss.backward()
+    # contrastive (the positive underflows to 0, the negative is clamped at 1e6) + the mean
+    # squared distance to the unbiased prototype (-1, 0)
+    expected = -math.log(1e-9 / (1e6 + 1e-9)) + 2.0
+    assert math.isfinite(loss.item()) and abs(loss.item() - expected) < 1e-3 * expected
+    assert torch.isfinite(features.grad).all()

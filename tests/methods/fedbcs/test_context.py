@@ -70,3 +70,18 @@ def test_resize_labels_is_nearest():
     up = resize_labels(labels, (4, 4))
     assert up.dtype == torch.long and set(up.unique().tolist()) == {0, 1, 2, 3}
     assert torch.equal(resize_labels(up, (2, 2)), labels)
+
+
+def test_the_two_halves_start_as_one_conv_over_the_concatenation_would():
+    """Uniform in +-1/sqrt(fan_in) with the concatenation's fan-in, weights and bias."""
+    from fedbcs_lightning.methods.fedbcs.context import ContextFusion
+
+    torch.manual_seed(0)
+    fusion = ContextFusion([16, 32], context_channels=64, dim=256)
+    for local, ctx, channels in zip(fusion.local, fusion.context, (16, 32), strict=True):
+        reference = torch.nn.Conv2d(channels + 64, 256, 1)
+        bound = 1 / (channels + 64) ** 0.5
+        assert abs(float(reference.weight.abs().max()) - bound) < 0.01 * bound  # PyTorch's rule
+        for tensor in (local.weight, ctx.weight, local.bias):
+            assert float(tensor.abs().max()) <= bound
+            assert abs(float(tensor.std()) - bound / 3**0.5) < 0.1 * bound

@@ -132,3 +132,53 @@ def test_cli_fit_with_fedbcs(tmp_path):
     assert "mean" in result.output
     lines = (tmp_path / "run" / "metrics.jsonl").read_text()
     assert '"split": "server"' in lines and "clusters/encoder/1" in lines
+
+
+def test_uploaded_prototypes_come_from_the_weights_the_step_used(tiny_config):
+    """One step on one batch: the prototypes equal those of the pre-step weights (the
+    forward that made the features), not of the weights after the optimiser's step."""
+    from fedbcs_lightning.methods.fedbcs.context import resize_labels
+    from fedbcs_lightning.methods.fedbcs.strategy import DESCRIPTORS
+    from tests.helpers import federation
+
+    cfg = merge(
+        tiny_config,
+        {
+            "train": {"method": "fedbcs", "batch_size": 16, "lr": 0.05},
+            "data": {"augment": False},
+            "fedbcs": {"prototype_dim": 8},
+        },
+    )
+    strategy, clients = federation(cfg)
+    client = clients[0]
+    dataset = client.loaders["train"].dataset
+    assert len(dataset) <= 16  # one batch, one step
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    masks = torch.stack([dataset[i][1] for i in range(len(dataset))])
+    first = strategy.configure_train(1, client.get_weights(), [client.name])[client.name]
+    strategy.aggregate_train(1, [client.fit(first)])  # global prototypes for round 2
+    before = client.get_weights()
+    # round 2: the alignment loss trains the fusion layers, so the step changes them
+    instruction = strategy.configure_train(2, before, [client.name])[client.name]
+    assert instruction.config["prototypes"]
+    uploaded = client.fit(instruction).payload["prototypes"]
+
+    def prototypes(weights):
+        net = client.module.backbone
+        net.load_state_dict(weights)
+        net.train()
+        with torch.no_grad():
+            descriptors = getattr(net, DESCRIPTORS)(net.forward_features(images))
+        out = {}
+        for level, descriptor in descriptors.items():
+            sums, counts = descriptor.class_sums(resize_labels(masks, descriptor.size), 3)
+            for c in torch.nonzero(counts).flatten().tolist():
+                out[f"{level}/{c}"] = sums[c] / counts[c]
+        return out
+
+    after = client.get_weights()
+    expected, stale = prototypes(before), prototypes(after)
+    assert uploaded.keys() == expected.keys()
+    for key, value in uploaded.items():
+        assert torch.allclose(value[0], expected[key], atol=1e-5), key
+    assert max(float((stale[k] - expected[k]).abs().max().detach()) for k in expected) > 1e-3

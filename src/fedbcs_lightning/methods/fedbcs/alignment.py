@@ -10,7 +10,8 @@ other classes' centroids (background included), ``s(f, p) = cos(f, p) / tau``.
 ``mode="stable"`` (default) evaluates ``L_contra`` with log-sum-exp: finite with useful
 gradients even at ``tau = 0.005``. ``mode="paper"`` reproduces the reference code, which
 clamps similarities at 20 and exponentials at 1e6 (with small ``tau`` almost every term
-saturates and the contrastive gradient vanishes).
+saturates and the contrastive gradient vanishes) and adds 1e-9 to both sums (so the loss
+stays finite where every positive similarity underflows).
 
 Example
 -------
@@ -64,7 +65,7 @@ def alignment_loss(
         )
     else:
         e = torch.exp(sim.clamp(max=20.0)).clamp(max=1e6)
-        contra = -torch.log((e * positive).sum(1) / e.sum(1))
+        contra = -torch.log(((e * positive).sum(1) + 1e-9) / (e.sum(1) + 1e-9))
     index = torch.searchsorted(torch.tensor(classes, device=device), labels)
     consis = ((features - unbiased[index]) ** 2).mean(dim=1)
     per_anchor = contra + consis

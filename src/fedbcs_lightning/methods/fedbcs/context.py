@@ -22,6 +22,7 @@ Example
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,7 +35,9 @@ class ContextFusion(nn.Module):
     """``out_i = W_i level_i + up(W_c,i context) + b_i`` for each level ``i``.
 
     Equals a 1x1 convolution with weight ``[W_i, W_c,i]`` over the concatenation of the
-    level and the nearest-upsampled context.
+    level and the nearest-upsampled context, and is initialised as that one convolution
+    would be: PyTorch's default, uniform in ``+-1/sqrt(fan_in)`` with the fan-in of the
+    concatenation (``c_i + c_context``) for both halves and the bias.
     """
 
     def __init__(self, level_channels: Sequence[int], context_channels: int, dim: int = 256):
@@ -44,6 +47,11 @@ class ContextFusion(nn.Module):
         self.context = nn.ModuleList(
             nn.Conv2d(context_channels, dim, 1, bias=False) for _ in level_channels
         )
+        with torch.no_grad():
+            for local, ctx, channels in zip(self.local, self.context, level_channels, strict=True):
+                bound = 1.0 / math.sqrt(channels + context_channels)
+                for tensor in (local.weight, local.bias, ctx.weight):
+                    tensor.uniform_(-bound, bound)
 
     def describe(
         self, levels: Sequence[torch.Tensor], context: torch.Tensor, size: tuple[int, int]

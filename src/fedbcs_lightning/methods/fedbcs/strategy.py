@@ -57,7 +57,7 @@ class PrototypeAlignment(ClientHook):
         self.local_epochs = local_epochs
         self.global_bank: PrototypeBank | None = None
         self.accumulator = PrototypeAccumulator(options.prototype_mean)
-        self._pending: tuple[dict, torch.Tensor] | None = None
+        self._pending: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def on_fit_start(self, module: Any, instruction: Instruction) -> None:
         bank = instruction.config.get("prototypes")
@@ -70,7 +70,9 @@ class PrototypeAlignment(ClientHook):
         if self.global_bank is None and not last_epoch:
             return {}
         descriptors = getattr(module.backbone, DESCRIPTORS)(output)
-        self._pending = (descriptors, masks) if last_epoch else None
+        # This step's prototypes, reduced now: the descriptors read the fusion weights,
+        # which the optimiser changes after this call (the reference reduces before too).
+        self._pending = self._class_sums(descriptors, masks, module) if last_epoch else None
         if self.global_bank is None:
             return {}
         losses = {}
@@ -89,14 +91,21 @@ class PrototypeAlignment(ClientHook):
             losses[f"align/{level}"] = share * loss
         return losses
 
+    @staticmethod
     @torch.no_grad()
-    def on_train_batch_end(self, module: Any, batch: Any, output: Any, epoch: int) -> None:
-        if self._pending is None:
-            return
-        descriptors, masks = self._pending
+    def _class_sums(descriptors: dict, masks: torch.Tensor, module: Any) -> dict:
+        sums = {}
         for level, descriptor in descriptors.items():
             labels = resize_labels(masks, descriptor.size)
-            sums, counts = descriptor.class_sums(labels, module.backbone.num_classes)
+            sums[level] = descriptor.class_sums(labels, module.backbone.num_classes)
+        return sums
+
+    def on_train_batch_end(self, module: Any, batch: Any, output: Any, epoch: int) -> None:
+        # Added once per step (an optimiser that evaluates the loss twice overwrites
+        # ``_pending``; the step's last evaluation counts).
+        if self._pending is None:
+            return
+        for level, (sums, counts) in self._pending.items():
             self.accumulator.add(level, sums, counts)
         self._pending = None
 

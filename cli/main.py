@@ -311,7 +311,10 @@ def evaluate(
     ] = None,
     data_root: Annotated[str | None, typer.Option(help="Folder of a real data set.")] = None,
     cache: Annotated[str | None, typer.Option(help="HDF5 cache from `fedbcs prepare`.")] = None,
-    split: Annotated[str, typer.Option(help="test, val or train.")] = "test",
+    split: Annotated[
+        str,
+        typer.Option(help="test, val, train, or all (every image: for a site no training used)."),
+    ] = "test",
     site: Annotated[str | None, typer.Option(help="Evaluate this site only.")] = None,
     out: Annotated[
         Path | None, typer.Option(help="Also write the scores to FILE.csv or FILE.json.")
@@ -323,8 +326,8 @@ def evaluate(
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     from fedbcs_lightning.data import SPLITS
 
-    if split not in SPLITS:
-        _fail(f"--split {split!r}: choose {', '.join(SPLITS)}")
+    if split not in (*SPLITS, "all"):
+        _fail(f"--split {split!r}: choose {', '.join(SPLITS)} or all")
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         _fail(f"--out {out}: write to a .csv or .json file")
     from fedbcs_lightning.evaluation.scoring import evaluate_checkpoint

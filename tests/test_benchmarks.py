@@ -56,3 +56,25 @@ def test_smoke_runs_never_write_into_the_committed_results(compare, tmp_path):
     smoke = compare.output_folder(None, quick=True)
     assert smoke.is_dir() and BENCHMARKS not in smoke.parents
     assert compare.output_folder(tmp_path, quick=True) == tmp_path
+
+
+def test_eval_cost_quick_prints_both_ways_for_every_site():
+    import json
+    import os
+    import subprocess
+
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    done = subprocess.run(
+        [sys.executable, "eval_cost.py", "--quick", "--json"],
+        cwd=BENCHMARKS,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert sorted(result["sites"]) == ["site0", "site1", "site2"]
+    for site in result["sites"].values():
+        assert site["val_windows_s"] > 0 and site["val_whole_s"] > 0
+        assert 0 <= site["dice_whole"] <= 1 and 0 <= site["dice_windows"] <= 1

@@ -251,6 +251,7 @@ def _trainer(
         all_callbacks,
         validator=UpdateValidator(clients[0].get_weights(), config.server.max_update_norm),
         min_clients=config.server.min_clients,
+        eval_every=config.run.eval_every,
     )
     return trainer, clients
 

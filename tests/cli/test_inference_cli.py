@@ -100,7 +100,7 @@ def test_evaluate_errors(checkpoint, tmp_path):
         (["evaluate", tmp_path / "missing.pt"], 1, "missing.pt' does not exist"),
         (["evaluate", damaged], 1, "damaged.pt' is damaged or not a fedbcs checkpoint"),
         (["evaluate", checkpoint, "--site", "site7"], 1, "its sites: site1, site2"),
-        (["evaluate", checkpoint, "--split", "all"], 2, "choose train, val, test"),
+        (["evaluate", checkpoint, "--split", "every"], 2, "choose train, val, test or all"),
         (["evaluate", checkpoint, "--out", tmp_path / "x.txt"], 2, "a .csv or .json file"),
         (["evaluate", checkpoint, "--dataset", "nope"], 1, "unknown data set 'nope'"),
     ]

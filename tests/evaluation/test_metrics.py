@@ -94,3 +94,61 @@ def test_evaluate_reports_assd_beside_hd95():
     expected = (6 * 2 + math.sqrt(5) + math.sqrt(8)) / 8
     assert math.isclose(scores["assd/a"], expected, rel_tol=1e-6)
     assert scores["assd"] == scores["assd/a"] and "hd95/a" in scores
+
+
+class PerPixel(torch.nn.Module):
+    """A 1x1 convolution: the same logits whether tiled or whole."""
+
+    input_divisor = 16
+
+    def __init__(self, norm=None):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 1)
+        self.norm = norm
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append(tuple(x.shape[-2:]))
+        out = self.conv(x)
+        return self.norm(out) if self.norm is not None else out
+
+
+def test_whole_images_go_through_in_one_padded_pass_or_as_windows():
+    from fedbcs_lightning.evaluation.metrics import predict_logits
+
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 40, 56)
+    model = PerPixel().eval()
+    whole = predict_logits(model, image, window=32)
+    assert model.calls == [(48, 64)]  # padded to the divisor, cropped back
+    assert whole.shape == (1, 2, 40, 56)
+    model.calls.clear()
+    tiled = predict_logits(model, image, window=32, whole_image_pixels=100)  # over budget
+    assert set(model.calls) == {(32, 32)}
+    assert torch.allclose(whole, tiled, atol=1e-5)  # a per-pixel model: the same logits
+    stateless = PerPixel(torch.nn.BatchNorm2d(2, track_running_stats=False)).eval()
+    predict_logits(stateless, image, window=32)
+    assert set(stateless.calls) == {(32, 32)}  # batch statistics: windows, as in training
+    fixed = PerPixel()
+    fixed.fixed_input_size = True
+    predict_logits(fixed.eval(), image, window=32)
+    assert set(fixed.calls) == {(32, 32)}
+
+
+def test_eval_every_validates_every_nth_and_the_last_round(tmp_path, tiny_config):
+    import io
+    import json
+
+    from fedbcs_lightning.api import fit
+    from fedbcs_lightning.callbacks import RoundProgress
+    from fedbcs_lightning.config import merge
+
+    config = merge(tiny_config, {"train": {"rounds": 3}, "run": {"eval_every": 2, "log_images": 0}})
+    lines = io.StringIO()
+    run = fit(config, run_dir=tmp_path, callbacks=[RoundProgress(lines)], progress=False)
+    assert ["val" in record for record in run.result.history] == [False, True, True]
+    assert run.result.best_round in (2, 3)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert sorted({r["round"] for r in rows if r["split"] == "val"}) == [2, 3]
+    printed = [line for line in lines.getvalue().splitlines() if line.startswith("round ")]
+    assert "(not validated)" in printed[0] and "val dice" in printed[1]

@@ -28,8 +28,8 @@ def test_evaluate_one_site_on_another_split(fedbcs_run):
     assert result.mean == result.sites["site2"]
     with pytest.raises(DataError, match="data set 'synthetic' has no site 'site9'; its sites"):
         evaluate_checkpoint(last(fedbcs_run), site="site9")
-    with pytest.raises(ValueError, match="unknown split 'all'"):
-        evaluate_checkpoint(last(fedbcs_run), split="all")
+    with pytest.raises(ValueError, match="unknown split 'every'"):
+        evaluate_checkpoint(last(fedbcs_run), split="every")
 
 
 def test_evaluate_recomputes_the_seeded_split_without_splits_json(fedbcs_run, tmp_path):
@@ -39,3 +39,18 @@ def test_evaluate_recomputes_the_seeded_split_without_splits_json(fedbcs_run, tm
     assert result.splits_source == "seeded split (seed 0)"
     summary = json.loads((fedbcs_run.run_dir / "summary.json").read_text())["test_last"]["sites"]
     assert all(same(result.sites[s]["dice"], summary[s]["dice"]) for s in summary)
+
+
+def test_split_all_scores_every_image_of_each_site(fedbcs_run):
+    from fedbcs_lightning.data import SegmentationDataset, make_loader
+    from fedbcs_lightning.evaluation.checkpoints import load_model
+    from fedbcs_lightning.evaluation.metrics import evaluate
+
+    result = evaluate_checkpoint(last(fedbcs_run), split="all")
+    assert result.splits_source == "every image" and result.split == "all"
+    model, _ = load_model(last(fedbcs_run))
+    for site in fedbcs_run.data.sites:
+        loader = make_loader(SegmentationDataset(site, list(range(len(site)))), 4, False, 0)
+        expected = evaluate(model, loader, fedbcs_run.data.regions, surface_metrics=True)
+        assert same(result.sites[site.name]["dice"], expected["dice"])
+        assert same(result.sites[site.name]["hd95"], expected["hd95"])

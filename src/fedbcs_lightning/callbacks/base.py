@@ -12,7 +12,8 @@ class FederatedCallback:
     -------
     >>> class PrintRounds(FederatedCallback):
     ...     def on_round_end(self, trainer, server_round, record):
-    ...         print(server_round, record["val"]["mean"]["dice"])
+    ...         if "val" in record:  # rounds that validated (run.eval_every)
+    ...             print(server_round, record["val"]["mean"]["dice"])
     """
 
     #: Run after every other callback at each hook (the checkpoint writer sets it, so a
@@ -39,7 +40,9 @@ class FederatedCallback:
         """After the strategy aggregated the round's updates."""
 
     def on_round_end(self, trainer: Any, server_round: int, record: dict[str, Any]) -> None:
-        """After validation; ``record`` holds the round's losses and per-site metrics."""
+        """At the end of a round; ``record`` holds the round's losses, the server's
+        metrics and, in rounds that validate (``run.eval_every``), ``val``: per-site and
+        mean validation metrics."""
 
     def on_site_evaluated(self, trainer: Any, split: str, site: str) -> None:
         """After one site's model was scored on ``split`` (``val`` each round, ``test`` at

@@ -55,11 +55,12 @@ class MetricsWriter(FederatedCallback):
             {"round": server_round, "split": "train", "site": site, **metrics}
             for site, metrics in record["train"].items()
         ]
-        sites = {**record["val"]["sites"], "mean": record["val"]["mean"]}
-        rows += [
-            {"round": server_round, "split": "val", "site": site, **metrics}
-            for site, metrics in sites.items()
-        ]
+        if "val" in record:  # validated rounds (run.eval_every)
+            sites = {**record["val"]["sites"], "mean": record["val"]["mean"]}
+            rows += [
+                {"round": server_round, "split": "val", "site": site, **metrics}
+                for site, metrics in sites.items()
+            ]
         if record["aggregate"]:
             rows.append({"round": server_round, "split": "server", **record["aggregate"]})
         rows += [
@@ -207,11 +208,15 @@ class RoundProgress(FederatedCallback):
         done_here = server_round - self.first_round
         eta = elapsed / done_here * (trainer.rounds - server_round)
         losses = [m.get("loss/total", float("nan")) for m in record["train"].values()]
+        validated = (
+            f"val dice {record['val']['mean']['dice']:.4f}  "
+            if "val" in record
+            else "(not validated)  "
+        )
         line = (
             f"round {server_round}/{trainer.rounds}  "
             f"train loss {sum(losses) / max(len(losses), 1):.4f}  "
-            f"val dice {record['val']['mean']['dice']:.4f}  "
-            f"elapsed {elapsed:.0f}s  eta {eta:.0f}s"
+            f"{validated}elapsed {elapsed:.0f}s  eta {eta:.0f}s"
         )
         if self._progress:
             self._progress.advance(self._rounds)

@@ -136,6 +136,8 @@ class RunConfig:
     loggers: list[str] = field(default_factory=list)  # experiment trackers: wandb, csv, tensorboard
     log_images: int = 4  # validation images per site in logged overlays and plots (0 = none)
     checkpoint_every: int = 1  # write the resumable state every N rounds (and at the end)
+    eval_every: int = 1  # validate every N rounds (and always the last round)
+    whole_image_pixels: int = 4_194_304  # larger whole images are tiled (0 = always tile)
     imports: list[str] = field(default_factory=list)  # modules that register backbones etc.
 
 

@@ -37,7 +37,12 @@ def validate(config: Config) -> None:
     _choice(config.model.norm, NORMS, "model.norm")
     _choice(config.run.accelerator, ACCELERATORS, "run.accelerator")
     _check_loggers(config.run.loggers)
-    _positive(config, "run.checkpoint_every")
+    _positive(config, "run.checkpoint_every", "run.eval_every")
+    if config.run.whole_image_pixels < 0:
+        raise ConfigError(
+            f"run.whole_image_pixels: must be >= 0 (0 = always sliding windows), got "
+            f"{config.run.whole_image_pixels}"
+        )
     if config.run.log_images < 0:
         raise ConfigError(f"run.log_images: must be >= 0, got {config.run.log_images}")
     _positive(

@@ -92,16 +92,54 @@ def assd_per_image(pred: torch.Tensor, target: torch.Tensor, labels: list[int]) 
 SURFACE_METRICS = {"hd95": hd95_per_image, "assd": assd_per_image}
 
 
+#: Largest image (pixels) segmented in one forward pass by default; larger ones are tiled.
+WHOLE_IMAGE_PIXELS = 4_194_304  # 2048 x 2048
+
+
 def predict_logits(
-    model: torch.nn.Module, images: torch.Tensor, window: int | None
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    window: int | None,
+    whole_image_pixels: int = WHOLE_IMAGE_PIXELS,
 ) -> torch.Tensor:
-    """Logits for a batch; tiled with overlapping windows when ``window`` is given."""
+    """Logits for a batch of images of any size.
+
+    Without ``window`` the batch goes through the model as it is. With ``window`` (data
+    sets of whole images, trained on ``window``-sized crops) each image is segmented in
+    one forward pass, zero-padded to the model's ``input_divisor`` and cropped back, when
+    the model is fully convolutional with fixed normalisation statistics and the image
+    has at most ``whole_image_pixels`` pixels; otherwise with overlapping ``window`` x
+    ``window`` tiles (MONAI's sliding windows, Gaussian blending): for BatchNorm that
+    normalises with each batch's own statistics (the reference's), whose output depends
+    on what else is in the batch, and for images too large for memory.
+    """
     if window is None:
         return model(images)
+    height, width = images.shape[-2:]
+    if 0 < height * width <= whole_image_pixels and whole_image_ready(model):
+        divisor = int(getattr(model, "input_divisor", 1))
+        pad_h, pad_w = -height % divisor, -width % divisor
+        padded = torch.nn.functional.pad(images, (0, pad_w, 0, pad_h))
+        return model(padded)[..., :height, :width]
     from monai.inferers import sliding_window_inference
 
     return sliding_window_inference(
         images, (window, window), sw_batch_size=4, predictor=model, overlap=0.25, mode="gaussian"
+    )
+
+
+def whole_image_ready(model: torch.nn.Module) -> bool:
+    """Whether ``model`` may segment a whole image in one pass: no normalisation layer
+    that uses the batch's own statistics at evaluation (BatchNorm without running
+    statistics) and no layer that takes the training size only (``fixed_input_size``,
+    e.g. HarmoFL's amplitude normalisation); other models see windows of the training
+    size, as in training."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    return not any(
+        (isinstance(m, _BatchNorm) and not m.track_running_stats)
+        or getattr(m, "fixed_input_size", False)
+        for m in model.modules()
     )
 
 
@@ -113,14 +151,15 @@ def evaluate(
     surface_metrics: bool = False,
     device: torch.device | str | None = None,
     window: int | None = None,
+    whole_image_pixels: int = WHOLE_IMAGE_PIXELS,
 ) -> dict[str, float]:
     """Score ``model`` on ``(image, mask)`` batches.
 
     Returns ``dice/<region>`` per region, ``dice`` (their mean) and, with
     ``surface_metrics``, ``hd95/<region>``, ``hd95``, ``assd/<region>`` and ``assd``
-    (each the mean over the regions where it is defined). With ``window``, images are
-    predicted with overlapping ``window`` x ``window`` tiles (MONAI's sliding-window
-    inference, Gaussian blending), so whole images of any size can be scored.
+    (each the mean over the regions where it is defined). With ``window``, whole images
+    of any size are scored, each in one padded pass or with sliding windows of that size
+    (:func:`predict_logits` says which).
 
     Example
     -------
@@ -141,7 +180,8 @@ def evaluate(
     surface = {metric: {name: [] for name in regions} for metric in SURFACE_METRICS}
     try:
         for images, masks in batches:
-            pred = predict_logits(model, images.to(device), window).argmax(1).cpu()
+            logits = predict_logits(model, images.to(device), window, whole_image_pixels)
+            pred = logits.argmax(1).cpu()
             for name, labels in regions.items():
                 dice[name].extend(dice_per_image(pred, masks, labels).tolist())
                 if surface_metrics:

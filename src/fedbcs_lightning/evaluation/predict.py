@@ -23,21 +23,25 @@ import torch
 from fedbcs_lightning.data import DataError, SegmentationDataset, Site
 from fedbcs_lightning.data.readers import IMAGE_SUFFIXES, read_image, resize_pair
 from fedbcs_lightning.evaluation.checkpoints import ModelInfo
-from fedbcs_lightning.evaluation.metrics import predict_logits
+from fedbcs_lightning.evaluation.metrics import WHOLE_IMAGE_PIXELS, predict_logits
 from fedbcs_lightning.io import atomic_write
 
 
 @torch.no_grad()
 def predict_masks(
-    model: torch.nn.Module, images: torch.Tensor, window: int | None = None
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    window: int | None = None,
+    whole_image_pixels: int = WHOLE_IMAGE_PIXELS,
 ) -> torch.Tensor:
     """Label maps ``(B, H, W)`` (long, on the CPU) for images ``(B, C, H, W)`` in [0, 1];
-    with ``window``, segmented with overlapping ``window`` x ``window`` tiles."""
+    with ``window``, whole images of any size (see :func:`predict_logits`)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters(), torch.empty(0)).device
     try:
-        return predict_logits(model, images.to(device), window).argmax(1).cpu()
+        logits = predict_logits(model, images.to(device), window, whole_image_pixels)
+        return logits.argmax(1).cpu()
     finally:
         model.train(was_training)
 
@@ -105,7 +109,8 @@ def predict_file(
     import cv2
 
     image = match_channels(read_image(path), info.in_channels, path)
-    mask = predict_masks(model, to_model_input(image, info), info.window)[0]
+    pixels = info.config.run.whole_image_pixels
+    mask = predict_masks(model, to_model_input(image, info), info.window, pixels)[0]
     mask = mask.numpy().astype(np.uint8)
     h, w = image.shape[:2]
     if mask.shape != (h, w):

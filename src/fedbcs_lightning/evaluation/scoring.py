@@ -179,7 +179,8 @@ def evaluate_checkpoint(
     cache: str | None = None,
 ) -> Evaluation:
     """Score a checkpoint with :func:`fedbcs_lightning.evaluation.metrics.evaluate`
-    (Dice, HD95, ASSD) on one split of each site (or of ``site``).
+    (Dice, HD95, ASSD) on one split of each site (or of ``site``); ``split="all"`` scores
+    every image (a site that no training used, say a hospital that joins later).
 
     The data set is the checkpoint's unless ``dataset``, ``data_root`` or ``cache`` say
     otherwise. The split is the run's ``splits.json`` when it fits the data, else the
@@ -190,8 +191,8 @@ def evaluate_checkpoint(
     scores here can differ from the run's.) A per-site (``local``) checkpoint scores each
     site with its own model.
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose {', '.join(SPLITS)}")
+    if split not in (*SPLITS, "all"):
+        raise ValueError(f"unknown split {split!r}; choose {', '.join(SPLITS)} or all")
     checkpoint_path = Path(checkpoint_path)
     checkpoint = load_checkpoint(checkpoint_path)
     info = read_info(checkpoint_path, checkpoint)
@@ -205,10 +206,13 @@ def evaluate_checkpoint(
         )
     recorded = (
         recorded_splits(checkpoint_path, data)
-        if config.data.name == info.config.data.name
+        if config.data.name == info.config.data.name and split != "all"
         else None
     )
-    if recorded:
+    if split == "all":  # e.g. a site that no training used
+        splits = {s.name: {"all": list(range(len(s)))} for s in data.sites}
+        source = "every image"
+    elif recorded:
         splits, source = recorded
     else:
         splits = make_splits(
@@ -228,6 +232,11 @@ def evaluate_checkpoint(
             SegmentationDataset(s, splits[s.name][split]), batch_size, False, config.run.seed
         )
         result.sites[s.name] = evaluate(
-            model, loader, data.regions, surface_metrics=True, window=window
+            model,
+            loader,
+            data.regions,
+            surface_metrics=True,
+            window=window,
+            whole_image_pixels=config.run.whole_image_pixels,
         )
     return result

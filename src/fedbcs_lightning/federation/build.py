@@ -96,6 +96,7 @@ def build_clients(
             config.train.local_epochs,
             config.run.accelerator,
             window=config.data.image_size if data.whole_images else None,
+            whole_image_pixels=config.run.whole_image_pixels,
         )
 
     clients = [

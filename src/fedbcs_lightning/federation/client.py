@@ -17,7 +17,7 @@ import lightning as L
 import torch
 
 from fedbcs_lightning.config import ConfigError
-from fedbcs_lightning.evaluation.metrics import evaluate
+from fedbcs_lightning.evaluation.metrics import WHOLE_IMAGE_PIXELS, evaluate
 from fedbcs_lightning.federation.updates import RejectedUpdate
 from fedbcs_lightning.methods.base import ClientHook, ClientUpdate, Instruction
 from fedbcs_lightning.models.base import SegmentationBackbone
@@ -153,6 +153,7 @@ class FederatedClient:
         local_epochs: int = 1,
         accelerator: str = "cpu",
         window: int | None = None,
+        whole_image_pixels: int = WHOLE_IMAGE_PIXELS,
     ) -> None:
         self.name = name
         self.module = module
@@ -162,6 +163,7 @@ class FederatedClient:
         self.local_epochs = local_epochs
         self.accelerator = accelerator
         self.window = window
+        self.whole_image_pixels = whole_image_pixels
 
     def load(self, instruction: Instruction) -> None:
         """Load the weights the server sent; keys it left out stay local."""
@@ -241,6 +243,7 @@ class FederatedClient:
             self.regions,
             surface_metrics=surface_metrics,
             window=self.window,
+            whole_image_pixels=self.whole_image_pixels,
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -58,6 +58,7 @@ class FederatedTrainer:
         selection_metric: str = "dice",
         validator: UpdateValidator | None = None,
         min_clients: int = 1,
+        eval_every: int = 1,
     ) -> None:
         if not clients:
             raise ValueError("a federation needs at least one client")
@@ -72,6 +73,7 @@ class FederatedTrainer:
         self.callbacks = sorted(callbacks, key=lambda c: bool(getattr(c, "runs_last", False)))
         self.validator = validator or UpdateValidator(clients[0].get_weights())
         self.min_clients = min_clients
+        self.eval_every = eval_every
         self.selection_metric = selection_metric
         self.server_round = 0
         self.round_clients: list[str] = list(self.clients)  # the clients training this round
@@ -129,19 +131,20 @@ class FederatedTrainer:
             self.validator.check_aggregate(weights, server_round)
             self.weights = weights
             self._call("on_aggregate_end", server_round, aggregate_metrics)
-            per_site, mean = self.evaluate(self.weights, "val")
             record = {
                 "round": server_round,
                 "train": {u.client: u.metrics for u in updates},
                 "aggregate": aggregate_metrics,
-                "val": {"sites": per_site, "mean": mean},
             }
+            if self.validates(server_round):
+                per_site, mean = self.evaluate(self.weights, "val")
+                record["val"] = {"sites": per_site, "mean": mean}
+                if mean[self.selection_metric] > self.best_score:
+                    self.best_score, self.best_round = mean[self.selection_metric], server_round
+                    self.best_weights = copy.deepcopy(self.weights)
             if rejected:
                 record["rejected"] = rejected
             self.history.append(record)
-            if mean[self.selection_metric] > self.best_score:
-                self.best_score, self.best_round = mean[self.selection_metric], server_round
-                self.best_weights = copy.deepcopy(self.weights)
             self._call("on_round_end", server_round, record)
         self._call("on_test_start")
         test_last, _ = self.evaluate(self.weights, "test", surface_metrics=True)
@@ -160,6 +163,11 @@ class FederatedTrainer:
         )
         self._call("on_fit_end", result)
         return result
+
+    def validates(self, server_round: int) -> bool:
+        """Whether ``server_round`` ends with validation: every ``eval_every`` rounds and
+        always the last (the model selected on validation comes from these rounds)."""
+        return server_round % self.eval_every == 0 or server_round == self.rounds
 
     def _check_enough(
         self, server_round: int, configured: int, updates: list, rejected: dict[str, str]

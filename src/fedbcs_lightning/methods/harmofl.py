@@ -30,6 +30,10 @@ class AmplitudeNormalization(nn.Module):
     True
     """
 
+    #: Takes images of the training size only (the running amplitude has that shape), so
+    #: whole images are segmented with sliding windows of that size.
+    fixed_input_size = True
+
     def __init__(self, channels: int, size: int, momentum: float = 0.1) -> None:
         super().__init__()
         self.momentum = momentum

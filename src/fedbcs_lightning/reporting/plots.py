@@ -61,7 +61,9 @@ def predict_samples(client: Any, count: int) -> list[Sample]:
         with torch.no_grad():
             for i in range(min(count, len(dataset))):
                 image, mask = dataset[i]
-                logits = predict_logits(model, image[None].to(device), client.window)
+                logits = predict_logits(
+                    model, image[None].to(device), client.window, client.whole_image_pixels
+                )
                 prediction = logits.argmax(1)[0].cpu().numpy()
                 samples.append(Sample(client.name, i, image.numpy(), mask.numpy(), prediction))
     finally:

@@ -14,6 +14,7 @@ seeds, and the mean over sites. Writes ``compare-<dataset>.md`` (the table),
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from fedbcs_lightning.api import fit
 from fedbcs_lightning.catalog import METHODS
 from fedbcs_lightning.config import parse_override, resolve
 from fedbcs_lightning.evaluation.metrics import mean_over_sites
+from fedbcs_lightning.evaluation.scoring import evaluate_checkpoint
 from fedbcs_lightning.io import atomic_write_json, atomic_write_text
 
 ORDER = ["local", "fedavg", "fedprox", "fedbn", "moon", "harmofl", "fpl", "fedbcs", "pooled"]
@@ -40,18 +42,34 @@ def run_method(method: str, seed: int, args) -> dict:
     }
     if args.data_root:
         options["data"]["root"] = str(args.data_root)
+    if args.leave_out:
+        options["data"]["leave_out"] = [args.leave_out]
     config = resolve(overrides=args.set, options=options)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         result = fit(config, run_dir=tmp, progress=False).result
         seconds = time.perf_counter() - started
+        unseen = {}
+        if args.leave_out:  # every image of the site no training used
+            for kind, name in (("selected", "selected.pt"), ("last", "last.pt")):
+                scores = evaluate_checkpoint(
+                    Path(tmp) / "checkpoints" / name, split="all", site=args.leave_out
+                )
+                unseen[kind] = scores.sites[args.leave_out]["dice"]
+    selected = {s: m["dice"] for s, m in result.test_selected.items()}
+    last = {s: m["dice"] for s, m in result.test_last.items()}
+    if unseen:
+        selected[f"{args.leave_out} (unseen)"] = unseen["selected"]
+        last[f"{args.leave_out} (unseen)"] = unseen["last"]
     return {
-        "selected": {s: m["dice"] for s, m in result.test_selected.items()},
-        "last": {s: m["dice"] for s, m in result.test_last.items()},
+        "selected": selected,
+        "last": last,
         "mean_selected": mean_over_sites(result.test_selected)["dice"],
         "mean_last": mean_over_sites(result.test_last)["dice"],
         "best_round": result.best_round,
-        "val_curve": [r["val"]["mean"]["dice"] for r in result.history],
+        "val_curve": [
+            r.get("val", {}).get("mean", {}).get("dice", math.nan) for r in result.history
+        ],
         "seconds": seconds,
     }
 
@@ -158,6 +176,13 @@ def main() -> None:
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--set", action="append", default=[], help="config override key=value")
     p.add_argument(
+        "--leave-out",
+        default=None,
+        metavar="SITE",
+        help="train on the other sites and score every image of SITE too (an unseen site); "
+        "the mean over sites stays the mean over the sites trained on",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -176,7 +201,9 @@ def main() -> None:
     methods = args.methods or (["fedavg", "fpl", "fedbcs"] if args.quick else known)
     for method in methods:
         METHODS.check(method)
-    stem = args.out / f"compare-{args.dataset}"
+    stem = args.out / (
+        f"compare-{args.dataset}" + (f"-without-{args.leave_out}" if args.leave_out else "")
+    )
     results: dict[str, list[dict]] = {}
     for method in methods:
         for seed in seeds:
@@ -185,6 +212,7 @@ def main() -> None:
     header = (
         f"{args.dataset}, {args.image_size}x{args.image_size}, U-Net width {args.width}, "
         f"{args.rounds} rounds x 1 local epoch, seeds {seeds}"
+        + (f", {args.leave_out} left out of training" if args.leave_out else "")
         + (f", overrides {args.set}" if args.set else "")
         + "; test Dice (mean over regions) per site, mean ± std over seeds"
     )

@@ -78,3 +78,21 @@ def test_eval_cost_quick_prints_both_ways_for_every_site():
     for site in result["sites"].values():
         assert site["val_windows_s"] > 0 and site["val_whole_s"] > 0
         assert 0 <= site["dice_whole"] <= 1 and 0 <= site["dice_windows"] <= 1
+
+
+def test_compare_quick_leave_out_reports_the_unseen_site(tmp_path):
+    import json
+    import os
+    import subprocess
+
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    command = [sys.executable, "compare.py", "--quick", "--methods", "fedavg"]
+    command += ["--leave-out", "site4", "--out", str(tmp_path), "--json"]
+    done = subprocess.run(
+        command, cwd=BENCHMARKS, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    (run,) = result["results"]["fedavg"]
+    assert set(run["selected"]) == {"site1", "site2", "site3", "site4 (unseen)"}
+    assert (tmp_path / "compare-synthetic-without-site4.md").is_file()

@@ -54,3 +54,33 @@ def test_split_all_scores_every_image_of_each_site(fedbcs_run):
         expected = evaluate(model, loader, fedbcs_run.data.regions, surface_metrics=True)
         assert same(result.sites[site.name]["dice"], expected["dice"])
         assert same(result.sites[site.name]["hd95"], expected["hd95"])
+
+
+def test_a_site_left_out_of_training_is_scored_on_every_image(tmp_path):
+    from fedbcs_lightning.api import fit
+    from fedbcs_lightning.config import resolve
+    from fedbcs_lightning.data import load_dataset
+
+    config = resolve(
+        options={
+            "data": {
+                "image_size": 32,
+                "synthetic": {"sites": 3, "images_per_site": 6},
+                "leave_out": ["site2"],
+            },
+            "model": {"width": 4},
+            "train": {"rounds": 1, "batch_size": 4},
+            "run": {"log_images": 0},
+        }
+    )
+    assert [s.name for s in load_dataset(config).sites] == ["site1", "site3"]
+    run = fit(config, run_dir=tmp_path / "run", progress=False)
+    assert set(run.result.test_last) == {"site1", "site3"}
+    unseen = evaluate_checkpoint(
+        tmp_path / "run" / "checkpoints" / "last.pt", split="all", site="site2"
+    )
+    assert list(unseen.sites) == ["site2"] and 0 <= unseen.sites["site2"]["dice"] <= 1
+    with pytest.raises(DataError, match="no site 'site2'"):  # the test split: trained sites only
+        evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", site="site2")
+    with pytest.raises(DataError, match=r"data.leave_out: data set .* has no site\(s\) site9"):
+        load_dataset(resolve(options={"data": {"leave_out": ["site9"]}}))

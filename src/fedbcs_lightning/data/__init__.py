@@ -19,14 +19,15 @@ from fedbcs_lightning.data.federated import (
 
 def load_dataset(config) -> FederatedData:
     """Build the data set named by ``config.data.name`` (from ``config.data.cache`` when
-    given), limited to ``config.train.clients``, and :func:`check_data` it."""
+    given), without the sites of ``config.data.leave_out``, limited to the first
+    ``config.train.clients`` sites, and :func:`check_data` it."""
     if config.data.cache:
         from fedbcs_lightning.data.cache import read_cache
 
         data = read_cache(config.data.cache, config.data.name, config.data.image_size)
     else:
         data = DATASETS.get(config.data.name)(config)
-    data = data.subset(config.train.clients)
+    data = data.without(config.data.leave_out).subset(config.train.clients)
     check_data(data)
     return data
 

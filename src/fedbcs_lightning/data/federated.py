@@ -98,6 +98,22 @@ class FederatedData:
     def in_channels(self) -> int:
         return int(self.sites[0].images[0].shape[-1])
 
+    def without(self, names: Sequence[str]) -> FederatedData:
+        """The data set without the sites ``names`` (e.g. one kept unseen by training)."""
+        if not names:
+            return self
+        known = [s.name for s in self.sites]
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise DataError(
+                f"data.leave_out: data set {self.name!r} has no site(s) {', '.join(unknown)}; "
+                f"its sites: {', '.join(known)}"
+            )
+        kept = [s for s in self.sites if s.name not in names]
+        if not kept:
+            raise DataError(f"data.leave_out leaves no site of data set {self.name!r} to train")
+        return dataclasses.replace(self, sites=kept)
+
     def subset(self, num_sites: int | None) -> FederatedData:
         """The first ``num_sites`` sites (all when ``None``)."""
         if num_sites is None:

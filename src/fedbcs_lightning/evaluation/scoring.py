@@ -197,6 +197,8 @@ def evaluate_checkpoint(
     checkpoint = load_checkpoint(checkpoint_path)
     info = read_info(checkpoint_path, checkpoint)
     config = evaluation_config(info.config, dataset, data_root, cache)
+    if split == "all":  # every site of the data set, those training left out included
+        config = merge(config, {"data": {"leave_out": []}, "train": {"clients": None}})
     data = load_dataset(config)
     check_compatible(info, data)
     names = [s.name for s in data.sites]

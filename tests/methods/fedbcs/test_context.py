@@ -77,9 +77,9 @@ def test_the_two_halves_start_as_one_conv_over_the_concatenation_would():
     from fedbcs_lightning.methods.fedbcs.context import ContextFusion
 
     torch.manual_seed(0)
-    fusion = ContextFusion([16, 32], context_channels=64, dim=256)
+    fusion = ContextFusion([16, 32], context_channels=64, dim=256).requires_grad_(False)
     for local, ctx, channels in zip(fusion.local, fusion.context, (16, 32), strict=True):
-        reference = torch.nn.Conv2d(channels + 64, 256, 1)
+        reference = torch.nn.Conv2d(channels + 64, 256, 1).requires_grad_(False)
         bound = 1 / (channels + 64) ** 0.5
         assert abs(float(reference.weight.abs().max()) - bound) < 0.01 * bound  # PyTorch's rule
         for tensor in (local.weight, ctx.weight, local.bias):

@@ -55,12 +55,12 @@ DATASETS.register_lazy(
 )
 DATASETS.register_lazy(
     "nuclei",
-    "fedbcs_lightning.data.real:nuclei",
+    "fedbcs_lightning.data.folders:nuclei",
     "H&E nuclei, one folder per site (<site>/{images,masks}), native resolution",
 )
 DATASETS.register_lazy(
     "sites",
-    "fedbcs_lightning.data.real:site_folders",
+    "fedbcs_lightning.data.folders:site_folders",
     "any folder of sites: <root>/<site>/{images,masks}/<stem>.*",
 )
 

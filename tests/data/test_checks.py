@@ -199,3 +199,30 @@ def test_prepare_names_a_damaged_file_and_writes_nothing(tmp_path_factory, cut, 
     assert result.exit_code == 1, result.output
     assert str(damaged) in result.output and "Traceback" not in result.output
     assert not out.exists() and not list(out.parent.glob(f".{out.name}.*"))
+
+
+def test_a_group_pattern_keeps_each_slide_in_one_split(tmp_path):
+    from fedbcs_lightning.data import make_splits
+
+    for site in ("a", "b"):
+        for slide in range(5):
+            for n in range(3):
+                image = np.full((24, 24, 3), 10 * slide + n, np.uint8)
+                save(tmp_path / site / "images" / f"{slide:02d}_{n}.png", image)
+                mask = np.zeros((24, 24), np.uint8)
+                mask[4:9, 4:9] = 255
+                save(tmp_path / site / "masks" / f"{slide:02d}_{n}.png", mask)
+    config = sites_config(tmp_path, group_pattern=r"^(\d+)_")
+    data = load_dataset(config)
+    assert data.sites[0].groups[:4] == ["00", "00", "00", "01"]
+    groups = {site.name: site.groups for site in data.sites}
+    for site, split in make_splits(data, 0.2, 0.2, seed=0).items():
+        slides = {name: {groups[site][i] for i in indices} for name, indices in split.items()}
+        assert not (slides["train"] & slides["val"]) and not (slides["train"] & slides["test"])
+        assert not (slides["val"] & slides["test"]), site
+    with pytest.raises(DataError, match=r"does not match data.group_pattern '\^\(x\)'"):
+        load_dataset(sites_config(tmp_path, group_pattern="^(x)"))
+    from fedbcs_lightning.config import ConfigError
+
+    with pytest.raises(ConfigError, match="needs a group that names the patient or slide"):
+        sites_config(tmp_path, group_pattern=r"^\d+_")

@@ -37,6 +37,7 @@ class DataConfig:
     crops_per_image: int = 4  # random crops per image and epoch (whole-image data sets)
     skip_unpaired: bool = False  # skip images without masks (with a warning) instead of failing
     leave_out: list[str] = field(default_factory=list)  # sites kept out of training (unseen)
+    group_pattern: str | None = None  # regex on file stems; group 1 = patient/slide (one split)
     label_values: list[int] = field(default_factory=list)  # mask values -> classes 1..n (sites)
     train_foreground_only: bool | None = None  # None: the data set's default
     val_fraction: float = 0.2

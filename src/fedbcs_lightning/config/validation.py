@@ -62,6 +62,7 @@ def validate(config: Config) -> None:
     if not 0.0 <= config.train.momentum < 1.0:
         raise ConfigError(f"train.momentum: must lie in [0, 1), got {config.train.momentum}")
     _check_server(config)
+    _check_pattern(config.data.group_pattern)
     if config.train.clients is not None and config.train.clients < 1:
         raise ConfigError(f"train.clients: must be at least 1, got {config.train.clients}")
     for key in ("data.val_fraction", "data.test_fraction"):
@@ -99,6 +100,24 @@ def validate(config: Config) -> None:
         raise ConfigError(f"fedbcs.weight: must be >= 0, got {fb.weight}")
     if config.train.weight_decay < 0 or config.data.synthetic.style_strength < 0:
         raise ConfigError("train.weight_decay and data.synthetic.style_strength must be >= 0")
+
+
+def _check_pattern(pattern: str | None) -> None:
+    import re
+
+    if pattern is None:
+        return
+    try:
+        groups = re.compile(pattern).groups
+    except re.error as err:
+        raise ConfigError(
+            f"data.group_pattern: {pattern!r} is not a regular expression ({err})"
+        ) from None
+    if groups < 1:
+        raise ConfigError(
+            f"data.group_pattern: {pattern!r} needs a group that names the patient or slide, "
+            "e.g. '^(\\d+)_' for TNBC's <slide>_<n> files"
+        )
 
 
 def _check_server(config: Config) -> None:

@@ -4,8 +4,7 @@
   DoFE PNG, FedDG npy or FedLC npy layouts.
 - ``prostate`` (T2 MRI; BIDMC, BMC, HK, I2CVB, RUNMC, UCL): SAML NIfTI volumes (2.5-D
   slices, split by case) or 2-D PNG slices.
-- ``nuclei`` and ``sites``: ``<root>/<site>/{images,masks}/<stem>.*`` pairs; images keep
-  their size (random crops for training, sliding windows for evaluation).
+- ``nuclei`` and ``sites`` (:mod:`.folders`) use the helpers here too.
 
 Every loader checks each file once and raises :class:`DataError` naming the file.
 """
@@ -86,7 +85,7 @@ def data_root(config, name: str) -> Path:
     )
 
 
-def _unrecognised(name: str, root: Path) -> DataError:
+def unrecognised(name: str, root: Path) -> DataError:
     found = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())[:12]
     layouts = "\n  ".join(LAYOUTS[name])
     return DataError(
@@ -95,7 +94,7 @@ def _unrecognised(name: str, root: Path) -> DataError:
     )
 
 
-def _no_strays(name: str, root: Path, folders: list[Path], sites: list[Path]) -> None:
+def no_strays(name: str, root: Path, folders: list[Path], sites: list[Path]) -> None:
     """Every (non-hidden) folder at the root must be a site of the layout found."""
     strays = [f for f in folders if f not in sites]
     if strays:
@@ -107,7 +106,7 @@ def _no_strays(name: str, root: Path, folders: list[Path], sites: list[Path]) ->
         )
 
 
-def _site_from_pairs(
+def site_from_pairs(
     name: str,
     pairs,
     load: Callable,
@@ -193,7 +192,7 @@ def _fundus_dofe(root: Path, config) -> list[Site]:
             return read_image(image_path)[..., :3], mask
 
         name = FUNDUS_SITES[k] if len(domains) <= 4 and k < 4 else domain.name
-        sites.append(_site_from_pairs(name, pairs, load, config.data.image_size, test))
+        sites.append(site_from_pairs(name, pairs, load, config.data.image_size, test))
     return sites
 
 
@@ -222,7 +221,7 @@ def _fundus_feddg(root: Path, config) -> list[Site]:
             return np.clip(np.round(rgb), 0, 255).astype(np.uint8), label
 
         name = FUNDUS_SITES[k] if k < 4 else client.name
-        sites.append(_site_from_pairs(name, [(f, f) for f in files], load, config.data.image_size))
+        sites.append(site_from_pairs(name, [(f, f) for f in files], load, config.data.image_size))
     return sites
 
 
@@ -242,7 +241,7 @@ def _fundus_fedlc(root: Path, config) -> list[Site]:
             return np.clip(np.round(image), 0, 255).astype(np.uint8), mask
 
         name = FUNDUS_SITES[k] if k < 4 else folder.name
-        sites.append(_site_from_pairs(name, pairs, load, config.data.image_size, test))
+        sites.append(site_from_pairs(name, pairs, load, config.data.image_size, test))
     return sites
 
 
@@ -257,7 +256,7 @@ def fundus(config) -> FederatedData:
     elif any(re.fullmatch(r"Site\d+", n) for n in names):
         sites = _fundus_fedlc(root, config)
     else:
-        raise _unrecognised("fundus", root)
+        raise unrecognised("fundus", root)
     return FederatedData("fundus", sites, FUNDUS_CLASSES, FUNDUS_REGIONS)
 
 
@@ -330,7 +329,7 @@ def _prostate_slices(root: Path, config) -> list[Site]:
             return path.stem.rsplit("_", 1)[0]
 
         sites.append(
-            _site_from_pairs(
+            site_from_pairs(
                 folder.name, pairs, load, config.data.image_size, test, group_of=case_of
             )
         )
@@ -346,52 +345,11 @@ def prostate(config) -> FederatedData:
         f for f in folders if (f / "train" / "image").is_dir() or (f / "test" / "image").is_dir()
     ]
     if volumes and len(volumes) >= len(slices):
-        _no_strays("prostate", root, folders, volumes)
+        no_strays("prostate", root, folders, volumes)
         sites = _prostate_volumes(root, config)
     elif slices:
-        _no_strays("prostate", root, folders, slices)
+        no_strays("prostate", root, folders, slices)
         sites = _prostate_slices(root, config)
     else:
-        raise _unrecognised("prostate", root)
+        raise unrecognised("prostate", root)
     return FederatedData("prostate", sites, ["background", "prostate"], train_foreground_only=True)
-
-
-# ---------------------------------------------------------------- site folders
-
-
-def _site_folders(name: str, config) -> FederatedData:
-    root = data_root(config, name)
-    folders = site_folders_of(root)
-    sites_found = [f for f in folders if (f / "images").is_dir() and (f / "masks").is_dir()]
-    if not sites_found:
-        raise _unrecognised(name, root)
-    _no_strays(name, root, folders, sites_found)
-    values = config.data.label_values
-    mapping = {v: i + 1 for i, v in enumerate(values)} if values else None
-    sites = []
-    for folder in folders:
-        pairs = pair_by_stem(folder / "images", folder / "masks", config.data.skip_unpaired)
-
-        def load(image_path, mask_path):
-            raw = read_mask(mask_path)
-            if mapping is None:
-                mask = (raw > 0).astype(np.uint8)
-            else:
-                mask = map_labels(raw, {0: 0, **mapping}, mask_path)
-            return read_image(image_path), mask
-
-        sites.append(_site_from_pairs(folder.name, pairs, load, size=None))
-    classes = ["background"] + ([f"class {v}" for v in values] if values else ["foreground"])
-    if name == "nuclei":
-        classes = ["background", "nucleus"]
-    return FederatedData(name, sites, classes, whole_images=True)
-
-
-def nuclei(config) -> FederatedData:
-    """H&E nuclei, one folder per site; native resolution, crops and sliding windows."""
-    return _site_folders("nuclei", config)
-
-
-def site_folders(config) -> FederatedData:
-    """Any ``<root>/<site>/{images,masks}`` folder of sites."""
-    return _site_folders("sites", config)

@@ -9,10 +9,12 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+from fedbcs_cli.checkpoints import evaluate, export, predict, report
+from fedbcs_cli.common import IMPORTS, fail, import_or_fail, nested_options
 from fedbcs_lightning.catalog import BACKBONES, DATASETS, METHODS
 from fedbcs_lightning.config import ConfigError, preset_names, resolve
 
@@ -41,39 +43,6 @@ def main_options(
     ] = False,
 ) -> None:
     """Federated medical image segmentation with FedBCS and its baselines."""
-
-
-IMPORTS = typer.Option(
-    "--import",
-    metavar="MODULE",
-    help="Import this module first (repeatable), e.g. one that registers your backbone, "
-    "method or data set. Installed packages can register through entry points instead.",
-)
-
-
-def _import(modules: list[str] | None) -> None:
-    from fedbcs_lightning.registry import import_modules
-
-    try:
-        import_modules(modules or [])
-    except ImportError as err:
-        _fail(f"--import: {err}")
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _options(**flat: Any) -> dict[str, Any]:
-    """{"train.rounds": 3, "data.name": None} -> {"train": {"rounds": 3}} (None = not given)."""
-    nested: dict[str, Any] = {}
-    for dotted, value in flat.items():
-        if value is None:
-            continue
-        section, key = dotted.split(".")
-        nested.setdefault(section, {})[key] = value
-    return nested
 
 
 @app.command()
@@ -140,14 +109,14 @@ def fit(
         }  # fmt: skip
         extra = [name for name, value in given.items() if value]
         if extra:
-            _fail(f"--resume continues the saved configuration; drop {', '.join(extra)}")
+            fail(f"--resume continues the saved configuration; drop {', '.join(extra)}")
         _resume(resume, rounds)
         return
     try:
         cfg = resolve(
             config,
             overrides=set_ or [],
-            options=_options(
+            options=nested_options(
                 **{
                     "data.name": dataset,
                     "train.method": method,
@@ -167,7 +136,7 @@ def fit(
             ),
         )
     except ConfigError as err:
-        _fail(str(err))
+        fail(str(err))
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     from fedbcs_lightning.api import default_run_dir
     from fedbcs_lightning.api import fit as run_fit
@@ -209,7 +178,7 @@ def _run_errors(run_dir: Path):
         RunDirectoryError,
         DiskFullError,
     ) as err:
-        _fail(str(err), code=1)
+        fail(str(err), code=1)
 
 
 def _resume(run_dir: Path, rounds: int | None) -> None:
@@ -239,11 +208,11 @@ def prepare(
     imports: Annotated[list[str] | None, IMPORTS] = None,
 ) -> None:
     """Check a data set once and write it to an HDF5 cache (atomic, idempotent)."""
-    _import(imports)
+    import_or_fail(imports)
     try:
         cfg = resolve(
             config,
-            options=_options(
+            options=nested_options(
                 **{
                     "data.name": dataset,
                     "data.root": data_root,
@@ -253,7 +222,7 @@ def prepare(
             ),
         )
     except ConfigError as err:
-        _fail(str(err))
+        fail(str(err))
     import warnings
 
     from fedbcs_lightning.data import DATASETS, DataError, check_data, make_splits
@@ -270,7 +239,7 @@ def prepare(
             make_splits(data, cfg.data.val_fraction, cfg.data.test_fraction, cfg.run.seed)
         manifest = write_cache(data, out, cfg.data.image_size)
     except (DataError, DiskFullError) as err:
-        _fail(str(err), code=1)
+        fail(str(err), code=1)
     finally:
         for warning in caught:
             typer.echo(f"warning: {warning.message}", err=True)
@@ -279,129 +248,11 @@ def prepare(
     typer.echo(f"wrote {out}")
 
 
-@app.command()
-def report(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `fedbcs fit`.")],
-    out: Annotated[
-        Path | None, typer.Option(help="HTML file to write (default RUN_DIR/report.html).")
-    ] = None,
-) -> None:
-    """Write one self-contained HTML page: config, per-site test tables, curves, overlays."""
-    from fedbcs_lightning.reporting.report import RunDirectoryError, write_report
-
-    try:
-        path = write_report(run_dir, out)
-    except RunDirectoryError as err:
-        _fail(str(err), code=1)
-    typer.echo(f"wrote {path}")
-
-
-CHECKPOINT = typer.Argument(help="Checkpoint written by `fedbcs fit` (RUN/checkpoints/*.pt).")
-SITE_MODEL = typer.Option(
-    help="Site whose model to use (required for checkpoints of methods local, fedbn and "
-    "harmofl, which hold one model per site)."
-)
-
-
-@app.command()
-def evaluate(
-    checkpoint: Annotated[Path, CHECKPOINT],
-    dataset: Annotated[
-        str | None, typer.Option(help="Data set (default: the checkpoint's).")
-    ] = None,
-    data_root: Annotated[str | None, typer.Option(help="Folder of a real data set.")] = None,
-    cache: Annotated[str | None, typer.Option(help="HDF5 cache from `fedbcs prepare`.")] = None,
-    split: Annotated[
-        str,
-        typer.Option(help="test, val, train, or all (every image: for a site no training used)."),
-    ] = "test",
-    site: Annotated[str | None, typer.Option(help="Evaluate this site only.")] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Also write the scores to FILE.csv or FILE.json.")
-    ] = None,
-    imports: Annotated[list[str] | None, IMPORTS] = None,
-) -> None:
-    """Score a checkpoint per site and region: Dice, HD95 and ASSD (pixels)."""
-    _import(imports)
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    from fedbcs_lightning.data import SPLITS
-
-    if split not in (*SPLITS, "all"):
-        _fail(f"--split {split!r}: choose {', '.join(SPLITS)} or all")
-    if out is not None and out.suffix.lower() not in (".csv", ".json"):
-        _fail(f"--out {out}: write to a .csv or .json file")
-    from fedbcs_lightning.evaluation.scoring import evaluate_checkpoint
-
-    try:
-        result = evaluate_checkpoint(checkpoint, split, site, dataset, data_root, cache)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(str(err), code=1)
-    typer.echo(f"{checkpoint} (round {result.round}), {split} split: {result.splits_source}")
-    typer.echo(result.table())
-    if out is not None:
-        typer.echo(f"wrote {result.write(out)}")
-
-
-@app.command()
-def predict(
-    checkpoint: Annotated[Path, CHECKPOINT],
-    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
-    out: Annotated[Path, typer.Option(help="Folder for <stem>_mask.png and <stem>_overlay.png.")],
-    site: Annotated[str | None, SITE_MODEL] = None,
-    imports: Annotated[list[str] | None, IMPORTS] = None,
-) -> None:
-    """Segment images: write each one's label map (class indices, uint8) and an overlay."""
-    _import(imports)
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    from fedbcs_lightning.evaluation.checkpoints import load_model
-    from fedbcs_lightning.evaluation.predict import collect_images, predict_file, save_prediction
-    from fedbcs_lightning.reporting.visualize import foreground_shares
-
-    try:
-        files = collect_images(inputs)
-        model, info = load_model(checkpoint, site)
-        names = list(info.data["class_names"])
-        for path in files:
-            image, mask = predict_file(model, info, path)
-            written = save_prediction(out, path.stem, image, mask, names)
-            shares = foreground_shares(mask, names)
-            found = ", ".join(f"{name} {share:.1%}" for name, share in shares.items() if share)
-            typer.echo(
-                f"{path} -> {', '.join(p.name for p in written)}  "
-                f"({found or 'no foreground predicted'})"
-            )
-    except (ValueError, FileNotFoundError) as err:
-        _fail(str(err), code=1)
-    typer.echo(f"wrote {2 * len(files)} files to {out}")
-
-
-@app.command()
-def export(
-    checkpoint: Annotated[Path, CHECKPOINT],
-    out: Annotated[Path, typer.Option(help="File to write.")],
-    fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
-    site: Annotated[str | None, SITE_MODEL] = None,
-    imports: Annotated[list[str] | None, IMPORTS] = None,
-) -> None:
-    """Export a checkpoint's network to ONNX or TorchScript, checked against PyTorch."""
-    _import(imports)
-    if fmt not in ("onnx", "torchscript"):
-        _fail(f"--format {fmt!r}: choose onnx or torchscript")
-    from fedbcs_lightning.evaluation.checkpoints import load_model
-    from fedbcs_lightning.evaluation.export import ExportError, export_model
-
-    try:
-        model, info = load_model(checkpoint, site)
-        result = export_model(model, out, fmt, info.image_size, info.in_channels)
-    except (ValueError, FileNotFoundError, ExportError) as err:
-        _fail(str(err), code=1)
-    size = info.image_size
-    typer.echo(
-        f"wrote {result.path} ({fmt}, {result.exporter} exporter): input 'image' "
-        f"(N, {info.in_channels}, {size}, {size}) in [0, 1], output 'logits' "
-        f"(N, {info.num_classes}, {size}, {size})"
-    )
-    typer.echo(f"max abs difference from PyTorch on a random batch: {result.max_abs_diff:.3g}")
+# Commands that use what a fit wrote (a run directory or a checkpoint), in help order.
+app.command()(report)
+app.command()(evaluate)
+app.command()(predict)
+app.command()(export)
 
 
 def _listing(registry) -> None:
@@ -438,7 +289,7 @@ def show_config(
     try:
         cfg = resolve(config, overrides=set_ or [])
     except ConfigError as err:
-        _fail(str(err))
+        fail(str(err))
     typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
 
 

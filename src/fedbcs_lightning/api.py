@@ -91,14 +91,12 @@ def fit(
             atomic_write_json(run_dir / "splits.json", splits)
             trainer, clients = _trainer(config, data, splits, run_dir, callbacks, progress)
             result = trainer.fit(clients[0].get_weights())
-        except FederationStopped as err:
+        except BaseException as err:
             saved = (run_dir / "checkpoints" / "state.pt").exists()
             if not saved:
                 _remove_stub(run_dir, created)
-            raise FederationStopped(f"{err}\n{_stopped(run_dir, saved)}") from None
-        except BaseException:
-            if not (run_dir / "checkpoints" / "state.pt").exists():
-                _remove_stub(run_dir, created)
+            if isinstance(err, FederationStopped):
+                raise FederationStopped(f"{err}\n{_stopped(run_dir, saved)}") from None
             raise
     return RunResult(config, data, run_dir, result)
 

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from fedbcs_cli.main import app
 from fedbcs_lightning.api import fit
-from fedbcs_lightning.reporting.report import RunDirectoryError, write_report
+from fedbcs_lightning.reporting.report import write_report
+from fedbcs_lightning.rundir import RunDirectoryError
 from tests.helpers import tiny_fedbcs
 
 PNG = b"\x89PNG\r\n\x1a\n"

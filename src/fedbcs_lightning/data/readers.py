@@ -12,6 +12,7 @@ Example
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import warnings
@@ -28,18 +29,20 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 PIXEL_LIMIT_VARIABLE = "FEDBCS_MAX_IMAGE_PIXELS"
 
 
-_PIL_DEFAULT_LIMIT: list[int | None] = []
+@functools.cache
+def _pil_default_limit() -> int | None:
+    """PIL's own limit, read once before :func:`pixel_limit` first changes it."""
+    from PIL import Image
+
+    return Image.MAX_IMAGE_PIXELS
 
 
 def pixel_limit() -> int | None:
     """The largest image to decode: ``$FEDBCS_MAX_IMAGE_PIXELS`` (0 = none), else PIL's."""
-    from PIL import Image
-
-    if not _PIL_DEFAULT_LIMIT:
-        _PIL_DEFAULT_LIMIT.append(Image.MAX_IMAGE_PIXELS)
+    default = _pil_default_limit()
     value = os.environ.get(PIXEL_LIMIT_VARIABLE)
     if value is None:
-        return _PIL_DEFAULT_LIMIT[0]
+        return default
     if not value.strip().isdigit():
         raise DataError(f"{PIXEL_LIMIT_VARIABLE}={value!r}: expected a whole number of pixels")
     return int(value) or None

@@ -72,6 +72,7 @@ class PartlyLocal(FedAvg):
     def __init__(self) -> None:
         super().__init__()
         self.local_prefixes: tuple[str, ...] = ()
+        self.previous: Weights = {}  # the global weights of the round being trained
 
     def local_modules(self, backbone: nn.Module) -> list[str]:
         """Names of the modules whose tensors stay local."""
@@ -108,7 +109,7 @@ class PartlyLocal(FedAvg):
         shared = [k for k in updates[0].weights if not self.is_local(k)]
         weights = self.average(updates, keys=shared)
         # Sites without an accepted update this round keep their local tensors.
-        weights.update({k: v for k, v in getattr(self, "previous", {}).items() if "/" in k})
+        weights.update({k: v for k, v in self.previous.items() if "/" in k})
         for update in updates:
             weights.update(
                 {f"{update.client}/{k}": v for k, v in update.weights.items() if self.is_local(k)}
@@ -135,6 +136,10 @@ class LocalOnly(FedAvg):
 
     name = "local"
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.previous: Weights = {}  # the global weights of the round being trained
+
     @staticmethod
     def _own(weights: Weights, client: str) -> Weights:
         prefix = f"{client}/"
@@ -153,7 +158,7 @@ class LocalOnly(FedAvg):
     ) -> tuple[Weights, dict[str, float]]:
         # A site without an accepted update this round keeps its model (none in round 1:
         # it starts again from the common initial weights).
-        kept = {k: v for k, v in getattr(self, "previous", {}).items() if "/" in k}
+        kept = {k: v for k, v in self.previous.items() if "/" in k}
         return {**kept, **{f"{u.client}/{k}": v for u in updates for k, v in u.weights.items()}}, {}
 
 

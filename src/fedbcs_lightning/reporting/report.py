@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fedbcs_lightning.io import atomic_write_text
+from fedbcs_lightning.rundir import RunDirectoryError
 
 #: What a finished run directory must hold for a report.
 REQUIRED_FILES = ("config.yaml", "metrics.jsonl", "summary.json")
@@ -40,10 +41,6 @@ img { max-width: 100%; border: 1px solid #ddd; }
 pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 .note { color: #666; }
 """
-
-
-class RunDirectoryError(FileNotFoundError):
-    """The folder is not a (finished) run directory; the message names what is missing."""
 
 
 def check_run_dir(run_dir: str | Path) -> Path:

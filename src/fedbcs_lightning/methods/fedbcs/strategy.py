@@ -133,6 +133,9 @@ class FedBCS(FedAvg):
         self.options = options or FedBCSConfig()
         self.local_epochs = local_epochs
         self.global_prototypes: PrototypeBank | None = None
+        #: descriptor width per prototype level and the class count, known once a backbone
+        #: is configured; uploads are checked against them
+        self.prototype_shape: tuple[dict[str, int], int] | None = None
 
     @classmethod
     def from_config(cls, config) -> FedBCS:
@@ -168,7 +171,7 @@ class FedBCS(FedAvg):
             raise ValueError(
                 f"payload must be {{'prototypes': {{...}}}}, got {sorted(update.payload)}"
             )
-        dims, num_classes = getattr(self, "prototype_shape", (None, None))
+        dims, num_classes = self.prototype_shape or (None, None)
         for key, vectors in update.payload["prototypes"].items():
             level, _, cls = str(key).rpartition("/")
             if dims is not None and (

@@ -94,8 +94,9 @@ def _image_samples(trainer: Any, record: dict[str, Any], count: int) -> dict[str
     weights right after validation)."""
     from fedbcs_lightning.reporting.plots import predict_samples
 
-    sites = [s for s in record.get("val", {}).get("sites", {}) if s in trainer.clients]
-    samples = {site: predict_samples(trainer.clients[site], count) for site in sites}
+    clients = trainer.local_clients  # a remote site's images never reach the server
+    sites = [s for s in record.get("val", {}).get("sites", {}) if s in clients]
+    samples = {site: predict_samples(clients[site], count) for site in sites}
     return {site: items for site, items in samples.items() if items}
 
 

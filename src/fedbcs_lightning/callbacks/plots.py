@@ -32,17 +32,18 @@ class PlotWriter(FederatedCallback):
 
         if (self.run_dir / "metrics.jsonl").is_file():
             write_dice_curves(self.run_dir)
-        if not self.num_images:
+        clients = trainer.local_clients  # a remote site's images never reach the server
+        if not self.num_images or not clients:
             return
-        names = list(trainer.clients)
+        names = list(clients)
         if result.selected_weights is not None:
             instructions = trainer.strategy.configure_evaluate(
                 trainer.server_round, result.selected_weights, names
             )
             for name, instruction in instructions.items():
-                trainer.clients[name].load(instruction)
+                clients[name].load(instruction)
             names = list(instructions)
-        samples = {name: predict_samples(trainer.clients[name], self.num_images) for name in names}
+        samples = {name: predict_samples(clients[name], self.num_images) for name in names}
         if any(samples.values()):
             write_overlay_grid(
                 samples,

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedbcs_lightning.rng import site_seed
+
 SPLITS = ("train", "val", "test")
 
 
@@ -135,11 +137,12 @@ def make_splits(
     the rest; items of one group (a patient's slices) always land in the same split.
     """
     splits = {}
-    for k, site in enumerate(data.sites):
+    for site in data.sites:
         groups = site.groups or [str(i) for i in range(len(site))]
         pool = [i for i in range(len(site)) if i not in set(site.fixed_test or [])]
         units = sorted({groups[i] for i in pool}) if site.groups else [groups[i] for i in pool]
-        order = [units[j] for j in np.random.default_rng([seed, k, 2]).permutation(len(units))]
+        shuffle = np.random.default_rng(site_seed(seed, site.name, 2))
+        order = [units[j] for j in shuffle.permutation(len(units))]
         n_units = len(units)
         n_val = max(1, int(round(n_units * val_fraction)))
         n_test = 0 if site.fixed_test else max(1, int(round(n_units * test_fraction)))

@@ -30,7 +30,9 @@ from fedbcs_lightning.data import (
 )
 from fedbcs_lightning.federation.client import FederatedClient, SegmentationClientModule
 from fedbcs_lightning.methods import Strategy
+from fedbcs_lightning.methods.baselines import POOLED_CLIENT
 from fedbcs_lightning.models import BACKBONES
+from fedbcs_lightning.rng import site_seed
 
 
 def check_setup(config: Config) -> None:
@@ -97,11 +99,14 @@ def build_clients(
             config.run.accelerator,
             window=config.data.image_size if data.whole_images else None,
             whole_image_pixels=config.run.whole_image_pixels,
+            seed=config.run.seed,
         )
 
     clients = [
-        client(site.name, site_loaders(config, data, site, splits[site.name], _seed(config, k)))
-        for k, site in enumerate(data.sites)
+        client(
+            site.name, site_loaders(config, data, site, splits[site.name], _seed(config, site.name))
+        )
+        for site in data.sites
     ]
     if strategy.pools_training_data:
         clients.append(client("pooled", pooled_loaders(config, clients)))
@@ -113,8 +118,8 @@ def _num_images(dataset) -> int:
     return sum(len(part.indices) for part in parts)
 
 
-def _seed(config: Config, k: int) -> int:
-    return config.run.seed * 1000 + k
+def _seed(config: Config, site: str) -> int:
+    return site_seed(config.run.seed, site, 0)
 
 
 def pooled_loaders(config: Config, clients: list[FederatedClient]) -> dict:
@@ -122,14 +127,14 @@ def pooled_loaders(config: Config, clients: list[FederatedClient]) -> dict:
     from torch.utils.data import ConcatDataset
 
     names = [c.name for c in clients]
-    if "pooled" in names:
-        raise DataError("method pooled adds a client named 'pooled'; rename that site")
+    if POOLED_CLIENT in names:
+        raise DataError(f"method pooled adds a client named {POOLED_CLIENT!r}; rename that site")
     union = ConcatDataset([c.loaders["train"].dataset for c in clients])
     loader = make_loader(
         union,
         config.train.batch_size,
         train=True,
-        seed=_seed(config, len(clients)),
+        seed=_seed(config, POOLED_CLIENT),
         shuffle=config.train.shuffle,
     )
     return {"train": loader}

@@ -22,7 +22,7 @@ from fedbcs_lightning.federation.updates import RejectedUpdate
 from fedbcs_lightning.methods.base import ClientHook, ClientUpdate, Instruction
 from fedbcs_lightning.models.base import SegmentationBackbone
 from fedbcs_lightning.models.losses import segmentation_loss
-from fedbcs_lightning.rng import loader_rng_state, restore_loader_rng
+from fedbcs_lightning.rng import loader_rng_state, restore_loader_rng, seeded, site_seed
 
 for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):
     logging.getLogger(_name).setLevel(logging.WARNING)
@@ -154,6 +154,7 @@ class FederatedClient:
         accelerator: str = "cpu",
         window: int | None = None,
         whole_image_pixels: int = WHOLE_IMAGE_PIXELS,
+        seed: int = 0,
     ) -> None:
         self.name = name
         self.module = module
@@ -164,6 +165,7 @@ class FederatedClient:
         self.accelerator = accelerator
         self.window = window
         self.whole_image_pixels = whole_image_pixels
+        self.seed = seed
 
     def load(self, instruction: Instruction) -> None:
         """Load the weights the server sent; keys it left out stay local."""
@@ -199,6 +201,14 @@ class FederatedClient:
             ) from None
 
     def _fit(self, instruction: Instruction) -> ClientUpdate:
+        # What a round draws from the global generators (dropout, anchor sampling) depends
+        # on the run's seed, this site and the round only: the same in-process, on its own
+        # machine, or resumed.
+        server_round = int(instruction.config.get("round", 0))
+        with seeded(site_seed(self.seed, self.name, server_round)):
+            return self._fit_seeded(instruction)
+
+    def _fit_seeded(self, instruction: Instruction) -> ClientUpdate:
         self.load(instruction)
         for hook in self.module.hooks:
             hook.on_fit_start(self.module, instruction)

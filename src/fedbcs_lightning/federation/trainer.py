@@ -6,11 +6,13 @@ The loop knows nothing about any method; strategies and callbacks plug in.
 from __future__ import annotations
 
 import copy
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any
 
 from fedbcs_lightning.callbacks.base import FederatedCallback
 from fedbcs_lightning.federation.client import FederatedClient
+from fedbcs_lightning.federation.engine import LocalClients
 from fedbcs_lightning.federation.updates import FederationStopped, RejectedUpdate, UpdateValidator
 from fedbcs_lightning.methods.base import Strategy, Weights
 
@@ -51,7 +53,7 @@ class FederatedTrainer:
 
     def __init__(
         self,
-        clients: list[FederatedClient],
+        clients: list[FederatedClient] | Any,
         strategy: Strategy,
         rounds: int,
         callbacks: list[FederatedCallback] | None = None,
@@ -60,24 +62,36 @@ class FederatedTrainer:
         min_clients: int = 1,
         eval_every: int = 1,
     ) -> None:
-        if not clients:
-            raise ValueError("a federation needs at least one client")
-        if min_clients > len(clients):
+        # A list of clients runs in this process; anything else is an engine
+        # (see fedbcs_lightning.federation.engine), e.g. sites reached through Flower.
+        self.engine = LocalClients(clients) if isinstance(clients, list) else clients
+        self.clients = self.engine.clients
+        if min_clients > len(self.clients):
             raise ValueError(
-                f"server.min_clients={min_clients} but the federation has {len(clients)} clients"
+                f"server.min_clients={min_clients} but the federation has "
+                f"{len(self.clients)} clients"
             )
-        self.clients = {c.name: c for c in clients}
         self.strategy = strategy
         self.rounds = rounds
         callbacks = list(callbacks or [])
         self.callbacks = sorted(callbacks, key=lambda c: bool(getattr(c, "runs_last", False)))
-        self.validator = validator or UpdateValidator(clients[0].get_weights())
+        if validator is None:
+            if not self.engine.local:
+                raise ValueError("an engine with remote clients needs a validator")
+            validator = UpdateValidator(next(iter(self.clients.values())).get_weights())
+        self.validator = validator
         self.min_clients = min_clients
         self.eval_every = eval_every
         self.selection_metric = selection_metric
         self.server_round = 0
         self.round_clients: list[str] = list(self.clients)  # the clients training this round
         self.history: list[dict[str, Any]] = []
+
+    @property
+    def local_clients(self) -> dict[str, FederatedClient]:
+        """The clients whose data are in this process (none when sites are remote):
+        what callbacks that draw predictions may use."""
+        return self.clients if self.engine.local else {}
 
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
@@ -86,10 +100,12 @@ class FederatedTrainer:
     def evaluate(self, weights: Weights, split: str, surface_metrics: bool = False):
         names = list(self.clients)
         instructions = self.strategy.configure_evaluate(self.server_round, weights, names)
-        per_site = {}
-        for name, instruction in instructions.items():
-            per_site[name] = self.clients[name].evaluate(instruction, split, surface_metrics)
-            self._call("on_site_evaluated", split, name)
+        per_site = self.engine.evaluate(
+            instructions,
+            split,
+            surface_metrics,
+            lambda name: self._call("on_site_evaluated", split, name),
+        )
         return per_site, self.strategy.aggregate_evaluate(self.server_round, per_site)
 
     def fit(self, weights: Weights) -> FitResult:
@@ -115,17 +131,20 @@ class FederatedTrainer:
             self.round_clients = list(instructions)
             self._call("on_round_start", server_round)
             updates, rejected = [], {}
-            for name, instruction in instructions.items():
-                self._call("on_client_fit_start", server_round, name)
+            outcomes = self.engine.fit(
+                instructions, partial(self._call, "on_client_fit_start", server_round)
+            )
+            for name, outcome in outcomes:
                 try:
-                    update = self.clients[name].fit(instruction)
-                    self.validator.check(update, instruction.weights, self.strategy)
+                    if isinstance(outcome, RejectedUpdate):
+                        raise outcome
+                    self.validator.check(outcome, instructions[name].weights, self.strategy)
                 except RejectedUpdate as err:
                     rejected[name] = err.reason
                     self._call("on_update_rejected", server_round, name, err.reason)
                     continue
-                updates.append(update)
-                self._call("on_client_fit_end", server_round, update)
+                updates.append(outcome)
+                self._call("on_client_fit_end", server_round, outcome)
             self._check_enough(server_round, len(instructions), updates, rejected)
             weights, aggregate_metrics = self.strategy.aggregate_train(server_round, updates)
             self.validator.check_aggregate(weights, server_round)
@@ -197,7 +216,7 @@ class FederatedTrainer:
                 "weights": self.best_weights,
             },
             "history": self.history,
-            "clients": {name: client.state_dict() for name, client in self.clients.items()},
+            "clients": self.engine.state_dict(),
             "strategy": self.strategy.state_dict(),
             "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks},
             "rng": global_rng_state(),
@@ -207,17 +226,13 @@ class FederatedTrainer:
         """Restore :meth:`state_dict`; the next :meth:`fit` continues with the next round."""
         from fedbcs_lightning.rng import restore_global_rng
 
-        missing = sorted(set(self.clients) - set(state["clients"]))
-        if missing:
-            raise ValueError(f"the checkpoint has no state for clients {missing}")
+        self.engine.load_state_dict(state["clients"])
         self.server_round = state["round"]
         self.weights = state["weights"]
         best = state["best"]
         self.best_score, self.best_round = best["score"], best["round"]
         self.best_weights = best["weights"]
         self.history = list(state["history"])
-        for name, client in self.clients.items():
-            client.load_state_dict(state["clients"][name])
         self.strategy.load_state_dict(state["strategy"])
         for callback in self.callbacks:
             saved = state["callbacks"].get(type(callback).__name__)

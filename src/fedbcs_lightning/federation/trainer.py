@@ -6,8 +6,8 @@ The loop knows nothing about any method; strategies and callbacks plug in.
 from __future__ import annotations
 
 import copy
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from fedbcs_lightning.callbacks.base import FederatedCallback

@@ -15,8 +15,9 @@ import datetime as _dt
 import json
 import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fedbcs_lightning.callbacks import (
     CheckpointWriter,
@@ -30,14 +31,23 @@ from fedbcs_lightning.config import Config, ConfigError, from_dict, merge, save
 from fedbcs_lightning.data import FederatedData, load_dataset, make_splits
 from fedbcs_lightning.evaluation.metrics import mean_over_sites
 from fedbcs_lightning.federation.build import build_clients, check_setup, describe_data
-from fedbcs_lightning.federation.client import FederatedClient
 from fedbcs_lightning.federation.trainer import FederatedTrainer, FitResult
 from fedbcs_lightning.federation.updates import FederationStopped, UpdateValidator
 from fedbcs_lightning.io import atomic_write_json, load_checkpoint
-from fedbcs_lightning.methods import create_strategy
+from fedbcs_lightning.methods import Strategy, create_strategy
+from fedbcs_lightning.methods.base import Weights
 from fedbcs_lightning.rundir import check_new_run_dir, clear_run_files, lock_run_dir
 
-__all__ = ["ResumeError", "RunResult", "build_clients", "fit", "format_summary", "resume"]
+__all__ = [
+    "InProcess",
+    "ResumeError",
+    "RunResult",
+    "Setup",
+    "build_clients",
+    "fit",
+    "format_summary",
+    "resume",
+]
 
 
 def default_run_dir(config: Config) -> Path:
@@ -48,12 +58,43 @@ def default_run_dir(config: Config) -> Path:
 @dataclass
 class RunResult:
     config: Config
-    data: FederatedData
+    data: FederatedData | None  # None when the sites' data stayed on their machines
     run_dir: Path
     result: FitResult
+    data_info: dict = field(default_factory=dict)  # what checkpoints record about the data
 
     def summary_table(self) -> str:
-        return format_summary(self.result, list(self.data.regions))
+        return format_summary(self.result, list(self.data_info["regions"]))
+
+
+@dataclass
+class Setup:
+    """A federation ready to train: what :meth:`InProcess.prepare` (or another engine's
+    ``prepare``) returns before anything is written to the run directory."""
+
+    strategy: Strategy
+    clients: Any  # a list of FederatedClient, or an engine (federation/engine.py)
+    initial_weights: Weights
+    data_info: dict
+    splits: dict
+    data: FederatedData | None = None
+
+
+class InProcess:
+    """The default engine: every site's data and client in this process."""
+
+    def prepare(self, config: Config) -> Setup:
+        check_setup(config)
+        data, splits = _data(config)
+        strategy = create_strategy(config)
+        clients = build_clients(config, data, splits, strategy)
+        if config.server.min_clients > len(clients):
+            raise ConfigError(
+                f"server.min_clients: {config.server.min_clients} but the federation has "
+                f"{len(clients)} clients"
+            )
+        weights = clients[0].get_weights()
+        return Setup(strategy, clients, weights, describe_data(data), splits, data)
 
 
 def fit(
@@ -62,6 +103,7 @@ def fit(
     callbacks: list[FederatedCallback] | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    engine: Any = None,
 ) -> RunResult:
     """Train a federation as ``config`` says; write the run directory; return the results.
 
@@ -75,12 +117,14 @@ def fit(
     locked while the run lasts (:mod:`fedbcs_lightning.rundir`). The data are loaded before
     anything is written, and a run that fails before its first round is saved leaves no
     folder behind (unless the folder existed before).
+
+    ``engine`` says where the clients run: :class:`InProcess` (the default) or, for
+    sites on other machines, :class:`fedbcs_lightning.flower.server.FlowerEngine`.
     """
     run_dir = Path(run_dir or config.run.output or default_run_dir(config))
     check_new_run_dir(run_dir, overwrite)
     config = with_absolute_paths(config)
-    check_setup(config)
-    data, splits = _data(config)
+    setup = (engine or InProcess()).prepare(config)
     created = not run_dir.exists()
     with lock_run_dir(run_dir):
         check_new_run_dir(run_dir, overwrite)  # again, now that no one else can write
@@ -88,9 +132,9 @@ def fit(
             clear_run_files(run_dir)
         try:
             save(config, run_dir / "config.yaml")
-            atomic_write_json(run_dir / "splits.json", splits)
-            trainer, clients = _trainer(config, data, splits, run_dir, callbacks, progress)
-            result = trainer.fit(clients[0].get_weights())
+            atomic_write_json(run_dir / "splits.json", setup.splits)
+            trainer = _trainer(config, setup, run_dir, callbacks, progress)
+            result = trainer.fit(setup.initial_weights)
         except BaseException as err:
             saved = (run_dir / "checkpoints" / "state.pt").exists()
             if not saved:
@@ -98,7 +142,7 @@ def fit(
             if isinstance(err, FederationStopped):
                 raise FederationStopped(f"{err}\n{_stopped(run_dir, saved)}") from None
             raise
-    return RunResult(config, data, run_dir, result)
+    return RunResult(config, setup.data, run_dir, result, setup.data_info)
 
 
 def _stopped(run_dir: Path, saved: bool) -> str:
@@ -139,6 +183,7 @@ def resume(
     rounds: int | None = None,
     callbacks: list[FederatedCallback] | None = None,
     progress: bool = True,
+    engine: Any = None,
 ) -> RunResult:
     """Continue the run in ``run_dir`` from its last saved round (``checkpoints/state.pt``).
 
@@ -165,22 +210,21 @@ def resume(
                 f"{run_dir} already finished round {done} of {config.train.rounds}; "
                 "pass more rounds to train longer"
             )
-        check_setup(config)
-        data, splits = _data(config)
+        setup = (engine or InProcess()).prepare(config)
         saved_splits = run_dir / "splits.json"
-        if saved_splits.is_file() and json.loads(saved_splits.read_text()) != splits:
+        if saved_splits.is_file() and json.loads(saved_splits.read_text()) != setup.splits:
             raise ResumeError(
                 f"the data set's splits differ from {saved_splits}: the data changed since the "
                 "run started"
             )
         save(config, run_dir / "config.yaml")
-        trainer, clients = _trainer(config, data, splits, run_dir, callbacks, progress)
+        trainer = _trainer(config, setup, run_dir, callbacks, progress)
         trainer.load_state_dict(checkpoint["trainer"])
         try:
-            result = trainer.fit(clients[0].get_weights())
+            result = trainer.fit(setup.initial_weights)
         except FederationStopped as err:
             raise FederationStopped(f"{err}\n{_stopped(run_dir, True)}") from None
-    return RunResult(config, data, run_dir, result)
+    return RunResult(config, setup.data, run_dir, result, setup.data_info)
 
 
 def _resumable_state(run_dir: Path) -> dict:
@@ -217,41 +261,32 @@ def _data(config: Config) -> tuple[FederatedData, dict]:
 
 def _trainer(
     config: Config,
-    data: FederatedData,
-    splits: dict,
+    setup: Setup,
     run_dir: Path,
     callbacks: list[FederatedCallback] | None,
     progress: bool,
-) -> tuple[FederatedTrainer, list[FederatedClient]]:
-    strategy = create_strategy(config)
-    clients = build_clients(config, data, splits, strategy)
-    if config.server.min_clients > len(clients):
-        raise ConfigError(
-            f"server.min_clients: {config.server.min_clients} but the federation has "
-            f"{len(clients)} clients"
-        )
-    data_info = describe_data(data)
+) -> FederatedTrainer:
+    class_names = setup.data_info["class_names"]
     all_callbacks = [
         MetricsWriter(run_dir),
-        CheckpointWriter(run_dir, config.to_dict(), data_info, config.run.checkpoint_every),
+        CheckpointWriter(run_dir, config.to_dict(), setup.data_info, config.run.checkpoint_every),
     ]
     if progress:
         all_callbacks.append(RoundProgress())
-    all_callbacks.append(PlotWriter(run_dir, data.class_names, config.run.log_images))
+    all_callbacks.append(PlotWriter(run_dir, class_names, config.run.log_images))
     all_callbacks += create_loggers(
-        config.run.loggers, run_dir, config.to_dict(), data.class_names, config.run.log_images
+        config.run.loggers, run_dir, config.to_dict(), class_names, config.run.log_images
     )
     all_callbacks += list(callbacks or [])
-    trainer = FederatedTrainer(
-        clients,
-        strategy,
+    return FederatedTrainer(
+        setup.clients,
+        setup.strategy,
         config.train.rounds,
         all_callbacks,
-        validator=UpdateValidator(clients[0].get_weights(), config.server.max_update_norm),
+        validator=UpdateValidator(setup.initial_weights, config.server.max_update_norm),
         min_clients=config.server.min_clients,
         eval_every=config.run.eval_every,
     )
-    return trainer, clients
 
 
 def format_summary(result: FitResult, regions: list[str]) -> str:

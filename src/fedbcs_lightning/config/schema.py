@@ -128,6 +128,10 @@ class ServerConfig:
     max_update_norm: float = 0.0  # reject ||update - global|| > this x ||global|| (0 = no bound)
     aggregation: str = "mean"  # mean (weighted by examples) | median | trimmed_mean (per weight)
     trim_fraction: float = 0.1  # share of the largest and of the smallest values trimmed_mean drops
+    # Flower only: sites to wait for at the start (0 = min_clients), and time-outs in seconds
+    sites: int = 0
+    join_timeout: float = 600.0  # the longest the server waits for the sites at the start
+    round_timeout: float = 3600.0  # the longest a round waits for a site's reply
 
 
 @dataclass

@@ -123,7 +123,11 @@ def _check_pattern(pattern: str | None) -> None:
 def _check_server(config: Config) -> None:
     server = config.server
     _choice(server.aggregation, AGGREGATIONS, "server.aggregation")
-    _positive(config, "server.min_clients")
+    _positive(config, "server.min_clients", "server.join_timeout", "server.round_timeout")
+    if server.sites < 0:
+        raise ConfigError(
+            f"server.sites: must be >= 0 (0 = server.min_clients), got {server.sites}"
+        )
     if server.max_update_norm < 0:
         raise ConfigError(
             f"server.max_update_norm: must be >= 0 (0 = no bound), got {server.max_update_norm}"

@@ -1,0 +1,1 @@
+"""Multi-machine federation on Flower: sites on their own machines, the server elsewhere."""

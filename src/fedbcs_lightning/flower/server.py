@@ -1,0 +1,332 @@
+"""The server of a Flower federation: the same loop, strategies, validation, callbacks
+and run directory as in-process; only the clients are sites on other machines.
+
+:class:`FlowerEngine` is the ``engine`` :func:`fedbcs_lightning.api.fit` and
+:func:`~fedbcs_lightning.api.resume` take: it waits for the sites, asks each what it holds
+(data set, classes, channels, split sizes; never images or file names), builds the initial
+model as the in-process run would, and hands the loop a :class:`RemoteClients` engine
+that sends each round's instructions to the sites and brings their replies back. A site
+that does not answer in time (killed, disconnected) is a dropout of that round, recorded
+like a rejected update; it takes part again once its SuperNode reconnects.
+
+A transport delivers messages: :class:`GridTransport` over a Flower ``Grid`` (inside the
+ServerApp); tests use one that calls :class:`~fedbcs_lightning.flower.site.Site` directly.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from types import SimpleNamespace
+from typing import Any, Protocol
+
+from flwr.app import RecordDict
+
+from fedbcs_lightning.config import Config, ConfigError
+from fedbcs_lightning.federation.updates import FederationStopped, RejectedUpdate
+from fedbcs_lightning.flower.records import (
+    decode_reply,
+    decode_update,
+    encode_instruction,
+    nbytes,
+    refusal,
+)
+from fedbcs_lightning.methods.base import ClientUpdate, Instruction
+
+
+class Transport(Protocol):
+    def node_ids(self) -> list[int]: ...
+
+    def send(
+        self, contents: dict[int, RecordDict], kind: str, timeout: float
+    ) -> dict[int, RecordDict | str]:
+        """Deliver one message per node; each node's reply, or why there is none."""
+        ...
+
+
+class GridTransport:
+    """Messages through a Flower ``Grid`` (the ServerApp's connection to the SuperLink)."""
+
+    def __init__(self, grid: Any) -> None:
+        self.grid = grid
+
+    def node_ids(self) -> list[int]:
+        return sorted(self.grid.get_node_ids())
+
+    def send(
+        self, contents: dict[int, RecordDict], kind: str, timeout: float
+    ) -> dict[int, RecordDict | str]:
+        from flwr.app import Message, MessageType
+
+        message_type = {
+            "describe": MessageType.QUERY,
+            "fit": MessageType.TRAIN,
+            "evaluate": MessageType.EVALUATE,
+        }[kind]
+        messages = [
+            Message(content, dst_node_id=node, message_type=message_type)
+            for node, content in contents.items()
+        ]
+        out: dict[int, RecordDict | str] = {n: f"no reply within {timeout:g} s" for n in contents}
+        for reply in self.grid.send_and_receive(messages, timeout=timeout):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                out[node] = f"error {reply.error.code}: {reply.error.reason}"
+            else:
+                out[node] = reply.content
+        return out
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class RemoteSite:
+    """A site as the server sees it: a name (its data stay on its machine)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class RemoteClients:
+    """The loop's engine for sites reached through a :class:`Transport` (see
+    :mod:`fedbcs_lightning.federation.engine`). Site state stays on the sites; the server
+    keeps only the run's key, which names that state on every site."""
+
+    local = False
+
+    def __init__(
+        self,
+        transport: Transport,
+        nodes: dict[str, int],
+        config: Config,
+        round_timeout: float,
+        say: Callable[[str], None] = log,
+    ) -> None:
+        self.transport = transport
+        self.clients = {name: RemoteSite(name) for name in sorted(nodes)}
+        self.nodes: dict[str, int | None] = dict(nodes)
+        self.known = set(nodes.values())
+        self.config_json = json.dumps(config.to_dict())
+        self.checkpoint_every = config.run.checkpoint_every
+        self.round_timeout = round_timeout
+        self.say = say
+        self.run_key = uuid.uuid4().hex
+        self.server_round = 0
+        self.traffic: dict[int, dict[str, dict[str, int]]] = {}  # round -> site -> bytes
+
+    def header(self, kind: str, server_round: int, **extra: Any) -> dict[str, Any]:
+        last_saved = (server_round - 1) // self.checkpoint_every * self.checkpoint_every
+        return {
+            "kind": kind,
+            "round": server_round,
+            "run-key": self.run_key,
+            "keep-from": last_saved,
+            "config": self.config_json,
+            **extra,
+        }
+
+    def refresh(self) -> None:
+        """Forget nodes that left; ask nodes that joined (or rejoined) which site they are."""
+        online = set(self.transport.node_ids())
+        for name, node in self.nodes.items():
+            if node is not None and node not in online:
+                self.nodes[name] = None
+                self.say(f"site {name} disconnected")
+        new = online - self.known
+        self.known |= new
+        if not new:
+            return
+        empty = Instruction({}, {})
+        header = self.header("describe", self.server_round)
+        contents = {n: encode_instruction(empty, header) for n in new}
+        for node, reply in self.transport.send(contents, "describe", self.round_timeout).items():
+            name = _site_name(reply)
+            if name in self.clients:
+                self.nodes[name] = node
+                self.say(f"site {name} joined again")
+            else:
+                self.say(f"node {node} ({name or reply}) is not a site of this run; ignored")
+
+    def _send(self, kind: str, instructions: dict[str, Instruction], **extra: Any):
+        self.refresh()
+        server_round = int(next(iter(instructions.values())).config.get("round", 0))
+        self.server_round = server_round
+        header = self.header(kind, server_round, **extra)
+        contents = {
+            self.nodes[name]: encode_instruction(instruction, header)
+            for name, instruction in instructions.items()
+            if self.nodes.get(name) is not None
+        }
+        replies = self.transport.send(contents, kind, self.round_timeout)
+        out: dict[str, RecordDict | str] = {}
+        for name in instructions:
+            node = self.nodes.get(name)
+            if node is None:
+                out[name] = "dropped out: not connected"
+                continue
+            reply = replies[node]
+            if isinstance(reply, str):
+                out[name] = f"dropped out: {reply}"
+                continue
+            if kind == "fit":
+                traffic = self.traffic.setdefault(server_round, {})
+                traffic[name] = {"sent": sum(nbytes(contents[node]).values())}
+                traffic[name]["received"] = sum(nbytes(reply).values())
+            out[name] = refusal(reply) or reply
+        return out
+
+    def fit(
+        self, instructions: dict[str, Instruction], started: Callable[[str], None]
+    ) -> Iterator[tuple[str, ClientUpdate | RejectedUpdate]]:
+        for name in instructions:
+            started(name)
+        for name, reply in self._send("fit", instructions).items():
+            if isinstance(reply, str):
+                yield name, RejectedUpdate(name, reply)
+                continue
+            update = decode_update(reply)
+            if update.client != name:
+                yield name, RejectedUpdate(name, f"the reply names site {update.client!r}")
+                continue
+            yield name, update
+
+    def evaluate(
+        self,
+        instructions: dict[str, Instruction],
+        split: str,
+        surface_metrics: bool,
+        done: Callable[[str], None],
+    ) -> dict[str, dict[str, float]]:
+        per_site = {}
+        replies = self._send("evaluate", instructions, split=split, surface=surface_metrics)
+        for name, reply in replies.items():
+            if isinstance(reply, str):
+                self.say(f"site {name}: no {split} metrics this round ({reply})")
+                continue
+            per_site[name] = {k: float(v) for k, v in decode_reply(reply)["metrics"].items()}
+            done(name)
+        return per_site
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"run_key": self.run_key}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "run_key" not in state:
+            raise ValueError("the checkpoint was written by an in-process run, not on Flower")
+        self.run_key = state["run_key"]
+
+
+def _site_name(reply: RecordDict | str) -> str | None:
+    if isinstance(reply, str) or refusal(reply):
+        return None
+    return decode_reply(reply).get("site")
+
+
+class FlowerEngine:
+    """Prepares a federation of the sites connected to the SuperLink (see
+    :meth:`prepare`); pass it as ``engine`` to :func:`fedbcs_lightning.api.fit`."""
+
+    def __init__(self, transport: Transport, say: Callable[[str], None] = log) -> None:
+        self.transport = transport
+        self.say = say
+
+    def wait_for_sites(self, config: Config) -> list[int]:
+        wanted = config.server.sites or config.server.min_clients
+        deadline = time.monotonic() + config.server.join_timeout
+        self.say(
+            f"waiting for {wanted} site(s) (server.join_timeout={config.server.join_timeout:g} s)"
+        )
+        while True:
+            nodes = self.transport.node_ids()
+            if len(nodes) >= wanted or time.monotonic() > deadline:
+                return nodes
+            time.sleep(1.0)
+
+    def prepare(self, config: Config):
+        from fedbcs_lightning.api import Setup
+        from fedbcs_lightning.config import merge
+        from fedbcs_lightning.federation.build import build_backbone, check_setup
+        from fedbcs_lightning.methods import create_strategy
+
+        strategy = create_strategy(config)
+        if strategy.pools_training_data:
+            raise ConfigError(
+                f"method {config.train.method!r} trains on all sites' images in one place, "
+                "which a federation across machines exists to avoid; use it in-process"
+            )
+        if config.train.clients is not None:
+            raise ConfigError(
+                "train.clients: on Flower the sites that join are the clients; leave it unset"
+            )
+        check_setup(merge(config, {"run": {"accelerator": "cpu"}}))  # devices are the sites'
+        nodes = self.wait_for_sites(config)
+        described = self.describe(config, nodes)
+        if len(described) < config.server.min_clients:
+            raise FederationStopped(
+                f"{len(described)} site(s) joined within server.join_timeout="
+                f"{config.server.join_timeout:g} s, fewer than server.min_clients="
+                f"{config.server.min_clients}"
+            )
+        info = _common_data(described)
+        splits = {name: d["splits"] for name, d in sorted(described.items())}
+        import lightning as L
+
+        L.seed_everything(config.run.seed, verbose=False)
+        shape = SimpleNamespace(
+            in_channels=info["in_channels"], num_classes=len(info["class_names"])
+        )
+        template = strategy.configure_backbone(build_backbone(config, shape))
+        weights = {k: v.detach().clone() for k, v in template.state_dict().items()}
+        nodes_of = {name: d["node"] for name, d in described.items()}
+        clients = RemoteClients(
+            self.transport, nodes_of, config, config.server.round_timeout, self.say
+        )
+        self.say(f"sites: {', '.join(sorted(nodes_of))}")
+        return Setup(strategy, clients, weights, info, splits, None)
+
+    def describe(self, config: Config, nodes: list[int]) -> dict[str, dict]:
+        header = {
+            "kind": "describe",
+            "round": 0,
+            "run-key": "",
+            "keep-from": 0,
+            "config": json.dumps(config.to_dict()),
+        }
+        contents = {n: encode_instruction(Instruction({}, {}), header) for n in nodes}
+        described: dict[str, dict] = {}
+        for node, reply in self.transport.send(
+            contents, "describe", config.server.round_timeout
+        ).items():
+            why = reply if isinstance(reply, str) else refusal(reply)
+            if why:
+                self.say(f"node {node} cannot take part: {why}")
+                continue
+            answer = decode_reply(reply)
+            name = answer["site"]
+            if name in described:
+                self.say(
+                    f"node {node} says it is site {name}, which node "
+                    f"{described[name]['node']} already is; ignored"
+                )
+                continue
+            described[name] = {**answer, "node": node}
+        return described
+
+
+def _common_data(described: dict[str, dict]) -> dict[str, Any]:
+    """The data description every site shares (classes, channels, ...), or an error
+    naming the sites that differ."""
+    keys = ("name", "class_names", "regions", "in_channels", "whole_images")
+    first_name, first = next(iter(sorted(described.items())))
+    for name, d in described.items():
+        for key in keys:
+            if d["data"][key] != first["data"][key]:
+                raise ConfigError(
+                    f"sites disagree on the data's {key}: {first_name} has "
+                    f"{first['data'][key]!r}, {name} has {d['data'][key]!r}"
+                )
+    return {**{k: first["data"][k] for k in keys}, "sites": sorted(described)}

@@ -15,6 +15,7 @@ import typer
 
 from fedbcs_cli.checkpoints import evaluate, export, predict, report
 from fedbcs_cli.common import IMPORTS, fail, import_or_fail, nested_options
+from fedbcs_cli.federation import join, serve
 from fedbcs_lightning.catalog import BACKBONES, DATASETS, METHODS
 from fedbcs_lightning.config import ConfigError, preset_names, resolve
 
@@ -253,6 +254,8 @@ app.command()(report)
 app.command()(evaluate)
 app.command()(predict)
 app.command()(export)
+app.command()(serve)
+app.command()(join)
 
 
 def _listing(registry) -> None:

@@ -1,0 +1,205 @@
+"""Commands for a federation across machines on Flower: ``serve`` (the server) and
+``join`` (one site). ``fedbcs_cli.main`` registers them. See docs/deploy.md."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedbcs_cli.common import IMPORTS, fail, import_or_fail, nested_options
+from fedbcs_lightning.config import ConfigError, preset_names, resolve
+
+NEEDS_FLOWER = (
+    "the multi-machine engine needs Flower: pip install 'fedbcs-lightning[flower]' "
+    "(scripts/install.sh installs it)"
+)
+CA = typer.Option("--ca", help="CA certificate (PEM) that signed the server's certificate.")
+INSECURE = typer.Option(
+    "--insecure", help="Plain HTTP without TLS: only for trying things on one machine."
+)
+
+
+def _flower_or_fail() -> None:
+    if importlib.util.find_spec("flwr") is None:
+        fail(NEEDS_FLOWER, code=1)
+
+
+def _tls(ca: Path | None, cert: Path | None, key: Path | None, insecure: bool, server: bool):
+    from fedbcs_lightning.flower.deploy import Tls
+
+    files = {"--ca": ca, "--cert": cert, "--key": key} if server else {"--ca": ca}
+    given = {name: path for name, path in files.items() if path is not None}
+    if insecure:
+        if given:
+            fail(f"--insecure turns TLS off; drop {', '.join(given)} or --insecure")
+        return None
+    missing = [name for name in files if name not in given]
+    if missing:
+        fail(f"TLS needs {', '.join(missing)} (or --insecure to try things on one machine)")
+    for name, path in given.items():
+        if not path.is_file():
+            fail(f"{name} {path}: no such file")
+    return Tls(*(p.resolve() for p in given.values()))
+
+
+def serve(
+    dataset: Annotated[str | None, typer.Option(help="Data set name the sites hold.")] = None,
+    method: Annotated[str | None, typer.Option(help="Method (see `fedbcs methods`).")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Communication rounds.")] = None,
+    local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Image size (multiple of 16).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    config: Annotated[
+        str | None,
+        typer.Option("--config", help=f"YAML file or preset ({', '.join(preset_names())})."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override any key: --set section.key=value (repeatable)."),
+    ] = None,
+    output: Annotated[Path | None, typer.Option(help="Run directory, on this machine.")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue this run directory from its last saved round.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier run's files in --output.")
+    ] = False,
+    min_sites: Annotated[
+        int | None,
+        typer.Option(help="Sites whose updates a round needs (server.min_clients)."),
+    ] = None,
+    sites: Annotated[
+        int | None,
+        typer.Option(help="Sites to wait for before round 1 (server.sites; default --min-sites)."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="Port the sites dial (HTTPS).")] = 8000,
+    home: Annotated[
+        Path,
+        typer.Option(help="Server folder: Flower's state, registered sites, logs."),
+    ] = Path("fedbcs-server"),
+    ca: Annotated[Path | None, CA] = None,
+    cert: Annotated[Path | None, typer.Option(help="Server certificate (PEM).")] = None,
+    key: Annotated[Path | None, typer.Option(help="Server private key (PEM).")] = None,
+    site_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--site-key",
+            help="Public key of a site allowed to join (repeatable); with any, every site "
+            "must authenticate with its private key.",
+        ),
+    ] = None,
+    insecure: Annotated[bool, INSECURE] = False,
+) -> None:
+    """Run the server of a federation across machines: waits for the sites, trains, and
+    writes the run directory here (as `fedbcs fit` does)."""
+    _flower_or_fail()
+    tls = _tls(ca, cert, key, insecure, server=True)
+    if site_key and tls is None:
+        fail("--site-key (site authentication) needs TLS: give --ca, --cert and --key")
+    from fedbcs_lightning.flower.deploy import DeployError, Server
+
+    home = home.resolve()
+    if resume is not None:
+        run_config = {"run-dir": str(resume.resolve()), "resume": True}
+    else:
+        try:
+            cfg = resolve(
+                config,
+                overrides=set_ or [],
+                options=nested_options(
+                    **{
+                        "data.name": dataset,
+                        "train.method": method,
+                        "train.rounds": rounds,
+                        "train.local_epochs": local_epochs,
+                        "train.batch_size": batch_size,
+                        "train.lr": lr,
+                        "data.image_size": image_size,
+                        "run.seed": seed,
+                        "server.min_clients": min_sites,
+                        "server.sites": sites,
+                    }  # fmt: skip
+                ),
+            )
+        except ConfigError as err:
+            fail(str(err))
+        from fedbcs_lightning.api import default_run_dir
+        from fedbcs_lightning.config import save
+
+        run_dir = (output or Path(cfg.run.output or default_run_dir(cfg))).resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        save(cfg, home / "run.yaml")
+        run_config = {"config-file": str(home / "run.yaml"), "run-dir": str(run_dir),
+                      "overwrite": overwrite}  # fmt: skip
+    server = Server(home, host, port, tls, tuple(p.resolve() for p in site_key or ()))
+    try:
+        outcome = server.run(run_config)
+    except DeployError as err:
+        fail(str(err), code=1)
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted; continue with: fedbcs serve --resume {run_config['run-dir']}")
+        raise typer.Exit(130) from None
+    if outcome["status"] != "finished":
+        fail(outcome["message"], code=1)
+    typer.echo(f"\nrun directory: {run_config['run-dir']}")
+
+
+def join(
+    server: Annotated[str, typer.Option(help="The server's address, HOST:PORT.")],
+    site: Annotated[str, typer.Option(help="This site's name (its folder in the data set).")],
+    data_root: Annotated[
+        Path | None, typer.Option(help="Folder of this site's data (none for synthetic).")
+    ] = None,
+    state_dir: Annotated[
+        Path,
+        typer.Option(help="Where this site keeps what outlives a round (never sent)."),
+    ] = Path("fedbcs-site"),
+    ca: Annotated[Path | None, CA] = None,
+    key: Annotated[
+        Path | None,
+        typer.Option(help="This site's private key, if the server authenticates sites."),
+    ] = None,
+    port: Annotated[
+        int, typer.Option(help="Local port of this site's Flower runtime (one per site).")
+    ] = 9094,
+    accelerator: Annotated[
+        str | None, typer.Option(help="Device for this site: cpu, gpu, auto.")
+    ] = None,
+    max_wait: Annotated[
+        float | None,
+        typer.Option(help="Give up after this many seconds without reaching the server."),
+    ] = None,
+    imports: Annotated[list[str] | None, IMPORTS] = None,
+    insecure: Annotated[bool, INSECURE] = False,
+) -> None:
+    """Join a federation as one site: train on this machine's data when the server asks.
+    Images, masks and file names never leave; weights, metrics and the method's summaries
+    (e.g. FedBCS's class prototypes) do. Stop with Ctrl-C."""
+    _flower_or_fail()
+    tls = _tls(ca, None, None, insecure, server=False)
+    import_or_fail(imports)
+    if data_root is not None and not data_root.is_dir():
+        fail(f"--data-root {data_root}: no such folder")
+    from fedbcs_lightning.flower.deploy import join as run_join
+
+    state_dir = state_dir.resolve()
+    node_config = {
+        "site": site,
+        "data-root": str(data_root.resolve()) if data_root else "",
+        "state-dir": str(state_dir),
+        "accelerator": accelerator or "",
+        "imports": ",".join(imports or []),
+    }
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    code = run_join(
+        server, node_config, state_dir / ".flower", port, tls.ca if tls else None,
+        key.resolve() if key else None, max_wait,
+    )  # fmt: skip
+    raise typer.Exit(code)

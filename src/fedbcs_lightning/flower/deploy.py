@@ -1,0 +1,227 @@
+"""Starting Flower's processes for ``fedbcs serve`` (server) and ``fedbcs join`` (a site).
+
+The server runs a SuperLink (one HTTP(S) port for the sites and for its own control
+connection) and submits the run to it with ``flwr run``; the SuperLink then starts the
+server app (:mod:`fedbcs_lightning.flower.apps`), which writes the run directory. A site
+runs a SuperNode that dials the SuperLink and starts the client app for every message.
+
+Every process runs with Flower's telemetry, update check and run-time dependency
+installation off: nothing is installed and nothing but the SuperLink is contacted. Both
+sides use the Python environment they were started from (torch, Lightning and this
+library must be installed on every machine beforehand).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+QUIET = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
+CONNECTION = "fedbcs"  # the name of the server's control connection in its Flower home
+APP_CONFIG = {"config-file": "", "run-dir": "", "resume": False, "overwrite": False,
+              "outcome-file": ""}  # fmt: skip
+
+
+class DeployError(RuntimeError):
+    """A Flower process could not start or stopped; the message says what to check."""
+
+
+@dataclass
+class Tls:
+    """TLS files: the CA certificate sites trust, and the server's certificate and key
+    (with subject alternative names for every address sites dial, and 127.0.0.1)."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+
+def environment(home: Path) -> dict[str, str]:
+    """This environment with Flower quiet, its home at ``home``, and this Python's
+    scripts first on ``PATH`` (Flower starts ``flwr-serverapp``/``flwr-clientapp`` by name)."""
+    env = {**os.environ, **QUIET, "FLWR_HOME": str(home)}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def write_app(home: Path) -> Path:
+    """The Flower app the server submits: a ``pyproject.toml`` naming the installed apps."""
+    app = home / "app"
+    app.mkdir(parents=True, exist_ok=True)
+    config = "\n".join(f"{_toml(k)} = {_toml(v)}" for k, v in APP_CONFIG.items())
+    (app / "pyproject.toml").write_text(
+        '[project]\nname = "fedbcs-federation"\nversion = "1.0.0"\n'
+        'description = "A fedbcs-lightning federation"\nlicense = "Apache-2.0"\n\n'
+        '[tool.flwr.app]\npublisher = "fedbcs-lightning"\n\n'
+        "[tool.flwr.app.components]\n"
+        'serverapp = "fedbcs_lightning.flower.apps:server_app"\n'
+        'clientapp = "fedbcs_lightning.flower.apps:client_app"\n\n'
+        f"[tool.flwr.app.config]\n{config}\n"
+    )
+    return app
+
+
+def write_connection(home: Path, port: int, tls: Tls | None) -> None:
+    """The server's own control connection to its SuperLink (``flwr run``, registering)."""
+    security = f"root-certificates = {_toml(str(tls.ca))}" if tls else "insecure = true"
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+        f'address = "127.0.0.1:{port}"\n{security}\n'
+    )
+
+
+def superlink_command(host: str, port: int, home: Path, tls: Tls | None, auth: bool) -> list[str]:
+    command = ["flower-superlink", "--host", host, "--port", str(port),
+               "--database", str(home / "superlink.db"),
+               "--disable-runtime-dependency-installation"]  # fmt: skip
+    if tls:
+        command += ["--ssl-ca-certfile", str(tls.ca), "--ssl-certfile", str(tls.cert),
+                    "--ssl-keyfile", str(tls.key)]  # fmt: skip
+    else:
+        command.append("--insecure")
+    if auth:
+        command.append("--enable-supernode-auth")
+    return command
+
+
+def supernode_command(
+    superlink: str,
+    node_config: dict[str, str],
+    port: int,
+    ca: Path | None,
+    private_key: Path | None,
+    max_wait: float | None = None,
+) -> list[str]:
+    pairs = " ".join(f"{k}={_toml(v)}" for k, v in node_config.items() if v)
+    command = ["flower-supernode", "--superlink", superlink, "--port", str(port),
+               "--node-config", pairs]  # fmt: skip
+    command += ["--root-certificates", str(ca)] if ca else ["--insecure"]
+    if private_key:
+        command += ["--auth-supernode-private-key", str(private_key)]
+    if max_wait:
+        command += ["--max-wait-time", str(max_wait)]
+    return command
+
+
+def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise DeployError(f"the SuperLink exited with code {process.returncode}:\n"
+                              f"{_tail(log)}")  # fmt: skip
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise DeployError(f"the SuperLink did not open port {port} within {timeout:g} s:\n{_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def stop(process: subprocess.Popen | None, grace: float = 10) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@dataclass
+class Server:
+    """``fedbcs serve``: a SuperLink and one run submitted to it."""
+
+    home: Path
+    host: str = "0.0.0.0"
+    port: int = 8000
+    tls: Tls | None = None
+    site_keys: tuple[Path, ...] = ()  # public keys of the sites allowed in (node auth)
+
+    def run(self, run_config: dict[str, object]) -> dict[str, str]:
+        """Start the SuperLink, register the sites' keys, run the server app until it
+        ends, stop the SuperLink; return the run's outcome (``status``, ``message``)."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = environment(self.home)
+        app = write_app(self.home)
+        write_connection(self.home, self.port, self.tls)
+        outcome_file = self.home / "outcome.json"
+        outcome_file.unlink(missing_ok=True)
+        overrides = self.home / "run-config.toml"
+        values = {**run_config, "outcome-file": str(outcome_file)}
+        overrides.write_text("".join(f"{_toml(k)} = {_toml(v)}\n" for k, v in values.items()))
+        log = self.home / "superlink.log"
+        command = superlink_command(self.host, self.port, self.home, self.tls, bool(self.site_keys))
+        link = None
+        try:
+            with log.open("ab") as out:
+                link = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+            wait_for_port(self.port, link, log)
+            for key in self.site_keys:
+                self.register(key, env)
+            flwr = subprocess.run(
+                ["flwr", "run", str(app), CONNECTION, "--stream", "--run-config", str(overrides)],
+                env=env,
+            )
+            if outcome_file.is_file():
+                return json.loads(outcome_file.read_text())
+            return {
+                "status": "failed",
+                "message": f"the server app ended without an outcome (flwr run exited with "
+                f"{flwr.returncode}); the SuperLink's log {log} ends with:\n{_tail(log)}",
+            }
+        finally:
+            stop(link)
+
+    def register(self, key: Path, env: dict[str, str]) -> None:
+        done = subprocess.run(
+            ["flwr", "supernode", "register", str(key), CONNECTION],
+            env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        if done.returncode != 0 and "already" not in (done.stdout + done.stderr).lower():
+            raise DeployError(f"registering site key {key} failed:\n{done.stdout}{done.stderr}")
+
+
+def join(
+    superlink: str,
+    node_config: dict[str, str],
+    home: Path,
+    port: int = 9094,
+    ca: Path | None = None,
+    private_key: Path | None = None,
+    max_wait: float | None = None,
+) -> int:
+    """``fedbcs join``: run this site's SuperNode until it stops (Ctrl-C); its exit code."""
+    home.mkdir(parents=True, exist_ok=True)
+    command = supernode_command(superlink, node_config, port, ca, private_key, max_wait)
+    node = subprocess.Popen(command, env=environment(home))
+    try:
+        return node.wait()
+    except KeyboardInterrupt:
+        stop(node)
+        return 130
+    finally:
+        stop(node)

@@ -23,6 +23,6 @@ if [ -n "$TORCH_INDEX" ]; then
     .venv/bin/python -m pip install --quiet $TORCH_SPEC --index-url "$TORCH_INDEX"
 fi
 # shellcheck disable=SC2086
-.venv/bin/python -m pip install --quiet $TORCH_SPEC -e ".[dev]"
+.venv/bin/python -m pip install --quiet $TORCH_SPEC -e ".[dev,flower]"
 echo "$wanted" > "$stamp"
 echo "installed: $(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')"

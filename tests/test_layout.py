@@ -20,6 +20,7 @@ LAYERS = [
     ("callbacks", ["callbacks"]),
     ("federation", ["federation"]),
     ("api", ["api"]),
+    ("flower", ["flower"]),
 ]
 
 
@@ -125,3 +126,18 @@ def test_readme_layout_names_every_part_of_the_package():
                     assert re.search(rf"\b{module.stem}\b", block), (
                         f"README layout lacks {entry.name}/{module.name}"
                     )
+
+
+def test_the_wheel_lists_every_package():
+    """pyproject's explicit package list (the CLI and presets live outside src/) must name
+    every package, or an installed (non-editable) copy lacks modules."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        "fedbcs_lightning" + "".join(f".{part}" for part in p.parent.relative_to(PACKAGE).parts)
+        for p in PACKAGE.rglob("__init__.py")
+    }
+    assert found <= listed, f"pyproject.toml does not list {sorted(found - listed)}"

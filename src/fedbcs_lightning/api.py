@@ -140,17 +140,18 @@ def fit(
             if not saved:
                 _remove_stub(run_dir, created)
             if isinstance(err, FederationStopped):
-                raise FederationStopped(f"{err}\n{_stopped(run_dir, saved)}") from None
+                raise FederationStopped(f"{err}\n{_stopped(run_dir, saved, engine)}") from None
             raise
     return RunResult(config, setup.data, run_dir, result, setup.data_info)
 
 
-def _stopped(run_dir: Path, saved: bool) -> str:
+def _stopped(run_dir: Path, saved: bool, engine: Any) -> str:
     if not saved:
         return "The run stopped before any round was saved; nothing was kept."
+    command = getattr(engine, "resume_command", "fedbcs fit --resume")
     return (
         f"The run stopped; its rounds so far are saved in {run_dir}. Once the cause is gone "
-        f"(a site's data fixed, enough sites back), continue it: fedbcs fit --resume {run_dir}. "
+        f"(a site's data fixed, enough sites back), continue it: {command} {run_dir}. "
         "Training that diverged needs a new run with a lower --lr."
     )
 
@@ -223,7 +224,7 @@ def resume(
         try:
             result = trainer.fit(setup.initial_weights)
         except FederationStopped as err:
-            raise FederationStopped(f"{err}\n{_stopped(run_dir, True)}") from None
+            raise FederationStopped(f"{err}\n{_stopped(run_dir, True, engine)}") from None
     return RunResult(config, setup.data, run_dir, result, setup.data_info)
 
 

@@ -128,3 +128,27 @@ def test_all_clients_start_from_the_same_weights(tiny_config):
     clients = _federation(tiny_config, FedAvg())
     a, b = clients[0].get_weights(), clients[1].get_weights()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class Halving(ClientHook):
+    """Changes what leaves the site: what the server receives is what this returns."""
+
+    def before_upload(self, update):
+        update.weights = {
+            k: v / 2 if v.is_floating_point() else v for k, v in update.weights.items()
+        }
+        update.metrics["halved"] = 1.0
+        return update
+
+
+def test_every_upload_passes_before_upload_last(tiny_config):
+    from fedbcs_lightning.methods import Instruction
+
+    client = _federation(tiny_config, FedAvg())[0]
+    client.module.hooks.append(Halving())
+    update = client.fit(Instruction(client.get_weights(), {"round": 1}))
+    kept = client.get_weights()  # the site keeps its own weights; only the upload changed
+    assert update.metrics["halved"] == 1.0
+    assert all(
+        torch.equal(update.weights[k], kept[k] / 2) for k in kept if kept[k].is_floating_point()
+    )

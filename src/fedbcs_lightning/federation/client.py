@@ -239,9 +239,12 @@ class FederatedClient:
         steps = max(self.module.steps, 1)
         metrics = {f"loss/{k}": v / steps for k, v in self.module.loss_sums.items()}
         self.module.cpu()
-        return ClientUpdate(
+        update = ClientUpdate(
             self.name, self.get_weights(), self.num_train_examples, metrics, payload
         )
+        for hook in self.module.hooks:  # the one place an upload passes before it leaves
+            update = hook.before_upload(update)
+        return update
 
     def evaluate(
         self, instruction: Instruction, split: str = "val", surface_metrics: bool = False

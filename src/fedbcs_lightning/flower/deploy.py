@@ -162,26 +162,21 @@ class Server:
     site_keys: tuple[Path, ...] = ()  # public keys of the sites allowed in (node auth)
 
     def run(self, run_config: dict[str, object]) -> dict[str, str]:
-        """Start the SuperLink, register the sites' keys, run the server app until it
+        """Register the sites' keys, start the SuperLink, run the server app until it
         ends, stop the SuperLink; return the run's outcome (``status``, ``message``)."""
         self.home.mkdir(parents=True, exist_ok=True)
         env = environment(self.home)
         app = write_app(self.home)
+        if self.site_keys:
+            self.register(env)
         write_connection(self.home, self.port, self.tls)
         outcome_file = self.home / "outcome.json"
         outcome_file.unlink(missing_ok=True)
         overrides = self.home / "run-config.toml"
         values = {**run_config, "outcome-file": str(outcome_file)}
         overrides.write_text("".join(f"{_toml(k)} = {_toml(v)}\n" for k, v in values.items()))
-        log = self.home / "superlink.log"
-        command = superlink_command(self.host, self.port, self.home, self.tls, bool(self.site_keys))
-        link = None
+        link = self.start(self.host, self.port, env)
         try:
-            with log.open("ab") as out:
-                link = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-            wait_for_port(self.port, link, log)
-            for key in self.site_keys:
-                self.register(key, env)
             flwr = subprocess.run(
                 ["flwr", "run", str(app), CONNECTION, "--stream", "--run-config", str(overrides)],
                 env=env,
@@ -191,18 +186,50 @@ class Server:
             return {
                 "status": "failed",
                 "message": f"the server app ended without an outcome (flwr run exited with "
-                f"{flwr.returncode}); the SuperLink's log {log} ends with:\n{_tail(log)}",
+                f"{flwr.returncode}); the SuperLink's log {self.log} ends with:\n{_tail(self.log)}",
             }
         finally:
             stop(link)
 
-    def register(self, key: Path, env: dict[str, str]) -> None:
-        done = subprocess.run(
-            ["flwr", "supernode", "register", str(key), CONNECTION],
-            env=env, capture_output=True, text=True,
-        )  # fmt: skip
-        if done.returncode != 0 and "already" not in (done.stdout + done.stderr).lower():
-            raise DeployError(f"registering site key {key} failed:\n{done.stdout}{done.stderr}")
+    @property
+    def log(self) -> Path:
+        return self.home / "superlink.log"
+
+    def start(self, host: str, port: int, env: dict[str, str]) -> subprocess.Popen:
+        command = superlink_command(host, port, self.home, self.tls, bool(self.site_keys))
+        with self.log.open("ab") as out:
+            link = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(port, link, self.log)
+        except BaseException:
+            stop(link)
+            raise
+        return link
+
+    def register(self, env: dict[str, str]) -> None:
+        """Register the sites' public keys in the SuperLink's database before any site can
+        dial it: on a private port of 127.0.0.1, with a SuperLink stopped afterwards (the
+        database keeps the keys), so no site is refused for knocking too early."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            private = probe.getsockname()[1]
+        write_connection(self.home, private, self.tls)
+        link = self.start("127.0.0.1", private, env)
+        try:
+            for key in self.site_keys:
+                done = subprocess.run(
+                    ["flwr", "supernode", "register", str(key), CONNECTION],
+                    env=env, capture_output=True, text=True,
+                )  # fmt: skip
+                said = done.stdout + done.stderr
+                if done.returncode != 0 and "already" not in said.lower():
+                    raise DeployError(f"registering site key {key} failed:\n{said}")
+        finally:
+            stop(link)
+
+
+#: What the SuperNode prints when the SuperLink refuses its key (it then exits).
+REFUSED = "Failed to activate SuperNode"
 
 
 def join(
@@ -213,15 +240,38 @@ def join(
     ca: Path | None = None,
     private_key: Path | None = None,
     max_wait: float | None = None,
+    say=print,
 ) -> int:
-    """``fedbcs join``: run this site's SuperNode until it stops (Ctrl-C); its exit code."""
+    """``fedbcs join``: run this site's SuperNode until it stops (Ctrl-C); its exit code.
+
+    A refused key is tried again every 15 s for ``max_wait`` seconds (default 120): the
+    server may not have registered it yet, or a crashed session of this site may not have
+    expired yet (about a minute). Still refused, it exits with code 3."""
     home.mkdir(parents=True, exist_ok=True)
     command = supernode_command(superlink, node_config, port, ca, private_key, max_wait)
-    node = subprocess.Popen(command, env=environment(home))
+    deadline = time.monotonic() + (max_wait or 120)
+    node = None
     try:
-        return node.wait()
+        while True:
+            node = subprocess.Popen(
+                command, env=environment(home), stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True, errors="replace",
+            )  # fmt: skip
+            refused = False
+            for line in node.stdout:  # pass the node's log on, watching for a refusal
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                refused = refused or REFUSED in line
+            code = node.wait()
+            if not refused:
+                return code
+            if time.monotonic() > deadline:
+                say("the server refused this site's key: is its .pub file among the "
+                    "server's --site-key options?")  # fmt: skip
+                return 3
+            say("the server refused this site's key for now; trying again in 15 s")
+            time.sleep(15)
     except KeyboardInterrupt:
-        stop(node)
         return 130
     finally:
         stop(node)

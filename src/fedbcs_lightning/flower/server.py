@@ -230,6 +230,8 @@ class FlowerEngine:
     """Prepares a federation of the sites connected to the SuperLink (see
     :meth:`prepare`); pass it as ``engine`` to :func:`fedbcs_lightning.api.fit`."""
 
+    resume_command = "fedbcs serve --resume"
+
     def __init__(self, transport: Transport, say: Callable[[str], None] = log) -> None:
         self.transport = transport
         self.say = say

@@ -127,7 +127,7 @@ class Site:
         from fedbcs_lightning.federation.build import describe_data
 
         data, splits = self.data(config)
-        return {"site": self.name, "data": describe_data(data), "splits": splits}
+        return {"site": self.name, "data": describe_data(data), "splits": splits[self.name]}
 
     def client(self, config: Config):
         from fedbcs_lightning.federation.build import build_clients, check_setup

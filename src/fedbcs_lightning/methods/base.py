@@ -58,6 +58,11 @@ class ClientHook:
         """After local training; returns the payload uploaded beside the weights."""
         return {}
 
+    def before_upload(self, update: ClientUpdate) -> ClientUpdate:
+        """The last look at what leaves the site (weights, payload, metrics), on both
+        engines: e.g. clip and add noise for differential privacy."""
+        return update
+
     def state_dict(self) -> dict[str, Any]:
         """Client-side state that must outlive a round (kept in resumable checkpoints)."""
         return {}

@@ -1,0 +1,155 @@
+"""A real deployment on 127.0.0.1: `fedbcs serve` (SuperLink + server app) and one
+`fedbcs join` (SuperNode) per site, all separate processes, on the synthetic sites.
+
+Equivalence tolerance: sites run the same float32 CPU kernels on the same batches in the
+same order as the in-process run, and the server averages in float64 in the same client
+order, so the weights agree bitwise on one machine; 1e-6 leaves room for an intra-op
+thread split that differs between processes, far below a training step's effect
+(~1e-3)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from importlib.util import find_spec
+
+import pytest
+import yaml
+
+from tests.flower.deployment import FEDBCS, TINY, Deployment, make_credentials
+
+pytestmark = pytest.mark.skipif(
+    find_spec("flwr") is None, reason="Flower is not installed (pip install '.[flower]')"
+)
+SITES = ["site1", "site2", "site3"]
+THREE = [*TINY, "--set", "data.synthetic.sites=3"]
+
+
+def in_process(run_dir, out_dir):
+    """The same run, trained in one process from the config the server saved."""
+    from fedbcs_lightning.api import fit
+    from fedbcs_lightning.config import from_dict
+
+    config = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    return fit(config, out_dir, progress=False)
+
+
+def assert_same_weights(run_dir, reference_dir):
+    from fedbcs_lightning.io import load_checkpoint
+
+    got = load_checkpoint(run_dir / "checkpoints" / "last.pt")["state_dict"]
+    want = load_checkpoint(reference_dir / "checkpoints" / "last.pt")["state_dict"]
+    assert sorted(got) == sorted(want)
+    worst = max(float((got[k].double() - want[k].double()).abs().max()) for k in want)
+    assert worst <= 1e-6, f"largest difference {worst}"
+
+
+def rounds_done(run_dir) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if "round" in r and "train" in r]
+
+
+def test_fedavg_on_flower_equals_in_process_and_evaluates(tmp_path):
+    run = tmp_path / "run"
+    deployment = Deployment(tmp_path)
+    try:
+        deployment.serve("--method", "fedavg", "--rounds", "2", *THREE, "--set",
+                         "run.eval_every=2", "--sites", "3", "--output", str(run))  # fmt: skip
+        for site in SITES:
+            deployment.join(site)
+        assert deployment.wait_server(900) == 0, deployment.log()
+    finally:
+        deployment.close()
+    for name in ("config.yaml", "splits.json", "metrics.jsonl", "summary.json"):
+        assert (run / name).is_file(), name
+    for name in ("last.pt", "selected.pt", "state.pt"):
+        assert (run / "checkpoints" / name).is_file(), name
+    in_process(run, tmp_path / "reference")
+    assert json.loads((run / "splits.json").read_text()) == json.loads(
+        (tmp_path / "reference" / "splits.json").read_text()
+    )
+    assert_same_weights(run, tmp_path / "reference")
+    scored = subprocess.run(
+        [FEDBCS, "evaluate", str(run / "checkpoints" / "last.pt")], capture_output=True, text=True
+    )
+    assert scored.returncode == 0, scored.stderr
+    assert all(site in scored.stdout for site in SITES)
+
+
+def test_fedbcs_over_tls_with_site_authentication(tmp_path):
+    creds = make_credentials(tmp_path / "creds", [*SITES, "stranger"])
+    run = tmp_path / "run"
+    deployment = Deployment(tmp_path, tls=creds)
+    keys = [arg for site in SITES for arg in ("--site-key", str(creds[f"{site}.pub"]))]
+    try:
+        options = ["--method", "fedbcs", "--rounds", "2", *THREE, "--set", "run.eval_every=2"]
+        deployment.serve(*options, "--sites", "3", "--output", str(run), *keys)
+        for site in SITES:
+            deployment.join(site, "--key", str(creds[site]))
+        # A site whose key the server does not know is refused.
+        stranger = deployment.join("stranger", "--key", str(creds["stranger"]), "--max-wait", "20")
+        assert stranger.wait(300) == 3
+        assert "refused this site's key" in deployment.log("stranger")
+        # A site without TLS never gets in (it gives up after --max-wait).
+        plain = deployment.join("plain", "--max-wait", "20", insecure=True)
+        assert plain.wait(300) != 0
+        assert deployment.wait_server(900) == 0, deployment.log()
+    finally:
+        deployment.close()
+    assert "sites: site1, site2, site3" in deployment.log()
+    in_process(run, tmp_path / "reference")
+    assert_same_weights(run, tmp_path / "reference")
+
+
+def test_a_site_killed_mid_round_drops_out_and_rejoins(tmp_path):
+    run = tmp_path / "run"
+    deployment = Deployment(tmp_path)
+    try:
+        deployment.serve("--method", "fedavg", "--rounds", "3", *THREE, "--set",
+                         "run.eval_every=3", "--sites", "3", "--min-sites", "2",
+                         "--output", str(run))  # fmt: skip
+        for site in SITES:
+            deployment.join(site)
+        deployment.wait_for(lambda: len(rounds_done(run)) >= 1, 600, "round 1")
+        deployment.kill("site3")  # round 2 is under way
+        deployment.join("site3")  # back at once, as a new node; it rejoins at round 3
+        assert deployment.wait_server(900) == 0, deployment.log()
+    finally:
+        deployment.close()
+    rounds = rounds_done(run)
+    assert "site3" in rounds[0]["train"]
+    assert "site3" not in rounds[1]["train"] and set(rounds[1]["train"]) == {"site1", "site2"}
+    assert "dropped out" in rounds[1]["rejected"]["site3"]
+    assert set(rounds[2]["train"]) == set(SITES)
+    assert "site site3 joined again" in deployment.log()
+
+
+def test_below_the_minimum_the_run_stops_and_a_restarted_server_resumes_exactly(tmp_path):
+    run = tmp_path / "run"
+    two = [*TINY, "--set", "data.synthetic.sites=2"]
+    deployment = Deployment(tmp_path)
+    try:
+        deployment.serve("--method", "fedavg", "--rounds", "3", *two, "--set",
+                         "run.eval_every=3", "--sites", "2", "--min-sites", "2",
+                         "--output", str(run))  # fmt: skip
+        for site in SITES[:2]:
+            deployment.join(site)
+        deployment.wait_for(lambda: len(rounds_done(run)) >= 1, 600, "round 1")
+        deployment.kill("site2")
+        assert deployment.wait_server(900) == 1, deployment.log()
+        assert "fewer than the 2 needed" in deployment.log()
+        assert "fedbcs serve --resume" in deployment.log()
+        from fedbcs_lightning.io import load_checkpoint
+
+        assert load_checkpoint(run / "checkpoints" / "state.pt")["trainer"]["round"] == 1
+        deployment.join("site2")
+        deployment.serve("--resume", str(run))
+        assert deployment.wait_server(900) == 0, deployment.log()
+    finally:
+        deployment.close()
+    assert [r["round"] for r in rounds_done(run)] == [1, 2, 3]
+    in_process(run, tmp_path / "reference")
+    assert_same_weights(run, tmp_path / "reference")

@@ -21,6 +21,23 @@ TINY = [
 ]  # fmt: skip
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process started (transitively) by ``pid``, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -64,9 +81,14 @@ class Deployment:
         return process
 
     def kill(self, site: str) -> None:
-        """SIGKILL the site's SuperNode and whatever it started (a crash, a pulled cable)."""
+        """SIGKILL the site's processes, its SuperNode and whatever that started (a crash,
+        a pulled cable)."""
         process = self.sites.pop(site)
-        os.killpg(process.pid, signal.SIGKILL)
+        for pid in [process.pid, *descendants(process.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         process.wait()
 
     def wait_server(self, timeout: float) -> int:

@@ -13,7 +13,7 @@ class LoopbackTransport:
             for k, (name, extra) in enumerate(sites.items())
         }
         self.sent: list[tuple[str, list[int]]] = []
-        self.fail: dict[str, str] = {}  # site name -> why it does not answer (once)
+        self.fail: dict[tuple[str, str], str] = {}  # (site, kind) -> why it does not answer, once
 
     def node_ids(self) -> list[int]:
         return sorted(self.sites)
@@ -23,8 +23,8 @@ class LoopbackTransport:
         out = {}
         for node, content in contents.items():
             site = self.sites[node]
-            if site.name in self.fail:
-                out[node] = self.fail.pop(site.name)
+            if (site.name, kind) in self.fail:
+                out[node] = self.fail.pop((site.name, kind))
                 continue
             out[node] = site.handle(content)
         return out

@@ -45,11 +45,18 @@ def assert_same_weights(run_dir, reference_dir):
 
 
 def rounds_done(run_dir) -> list[dict]:
+    """Per finished round: its number, the sites that trained, the updates left out."""
     path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if "round" in r and "train" in r]
+    rounds: dict[int, dict] = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        row = json.loads(line)
+        record = rounds.setdefault(row["round"], {"round": row["round"], "train": {},
+                                                  "rejected": {}})  # fmt: skip
+        if row["split"] == "train":
+            record["train"][row["site"]] = row
+        elif row["split"] == "rejected":
+            record["rejected"][row["site"]] = row["reason"]
+    return [rounds[r] for r in sorted(rounds)]
 
 
 def test_fedavg_on_flower_equals_in_process_and_evaluates(tmp_path):

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,15 +141,36 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+def launch(command: list[str], env: dict[str, str], **streams) -> subprocess.Popen:
+    """Start a Flower process in its own process group (it starts helpers of its own)."""
+    return subprocess.Popen(command, env=env, start_new_session=True, **streams)
+
+
+def _stop_on_sigterm() -> None:
+    """Let SIGTERM unwind like Ctrl-C, so the Flower processes started here stop too."""
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
 def stop(process: subprocess.Popen | None, grace: float = 10) -> None:
-    if process is None or process.poll() is not None:
+    """Stop a process from :func:`launch` and every helper it started."""
+    if process is None:
         return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(grace)
+            if sig == signal.SIGTERM:
+                time.sleep(0.2)  # let helpers see the signal too before the group is killed
+        except subprocess.TimeoutExpired:
+            continue
 
 
 @dataclass
@@ -164,8 +186,10 @@ class Server:
     def run(self, run_config: dict[str, object]) -> dict[str, str]:
         """Register the sites' keys, start the SuperLink, run the server app until it
         ends, stop the SuperLink; return the run's outcome (``status``, ``message``)."""
+        _stop_on_sigterm()
         self.home.mkdir(parents=True, exist_ok=True)
         env = environment(self.home)
+        env.setdefault("FLWR_LOG_LEVEL", "WARNING")  # the run's own progress lines, not Flower's
         app = write_app(self.home)
         if self.site_keys:
             self.register(env)
@@ -198,7 +222,7 @@ class Server:
     def start(self, host: str, port: int, env: dict[str, str]) -> subprocess.Popen:
         command = superlink_command(host, port, self.home, self.tls, bool(self.site_keys))
         with self.log.open("ab") as out:
-            link = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+            link = launch(command, env, stdout=out, stderr=subprocess.STDOUT)
         try:
             wait_for_port(port, link, self.log)
         except BaseException:
@@ -244,26 +268,26 @@ def join(
 ) -> int:
     """``fedbcs join``: run this site's SuperNode until it stops (Ctrl-C); its exit code.
 
-    A refused key is tried again every 15 s for ``max_wait`` seconds (default 120): the
-    server may not have registered it yet, or a crashed session of this site may not have
-    expired yet (about a minute). Still refused, it exits with code 3."""
+    Without ``max_wait``, a refused key is tried again every 15 s for 120 s: the server
+    may not have registered it yet, or a crashed session of this site may not have expired
+    yet (about a minute). With it, the SuperNode itself gives up after ``max_wait``
+    seconds. Still refused, it exits with code 3."""
+    _stop_on_sigterm()
     home.mkdir(parents=True, exist_ok=True)
     command = supernode_command(superlink, node_config, port, ca, private_key, max_wait)
-    deadline = time.monotonic() + (max_wait or 120)
+    deadline = time.monotonic() + (0 if max_wait else 120)
     node = None
     try:
         while True:
-            node = subprocess.Popen(
-                command, env=environment(home), stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True, errors="replace",
-            )  # fmt: skip
-            refused = False
-            for line in node.stdout:  # pass the node's log on, watching for a refusal
-                sys.stdout.write(line)
-                sys.stdout.flush()
-                refused = refused or REFUSED in line
+            node = launch(command, environment(home), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, errors="replace")  # fmt: skip
+            said: list[bool] = []
+            relay = threading.Thread(target=_relay, args=(node.stdout, said), daemon=True)
+            relay.start()
             code = node.wait()
-            if not refused:
+            stop(node)  # its helpers outlive it otherwise
+            relay.join(5)
+            if not said:
                 return code
             if time.monotonic() > deadline:
                 say("the server refused this site's key: is its .pub file among the "
@@ -275,3 +299,12 @@ def join(
         return 130
     finally:
         stop(node)
+
+
+def _relay(stream, refused: list[bool]) -> None:
+    """Pass the SuperNode's log on, noting a refusal of its key."""
+    for line in stream:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        if REFUSED in line and not refused:
+            refused.append(True)

@@ -2,6 +2,7 @@
 covered elsewhere)."""
 
 import importlib
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -96,3 +97,23 @@ def test_compare_quick_leave_out_reports_the_unseen_site(tmp_path):
     (run,) = result["results"]["fedavg"]
     assert set(run["selected"]) == {"site1", "site2", "site3", "site4 (unseen)"}
     assert (tmp_path / "compare-synthetic-without-site4.md").is_file()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("flwr") is None, reason="Flower is not installed (.[flower])"
+)
+def test_flower_vs_inprocess_quick_times_both_engines():
+    import json
+    import os
+    import subprocess
+
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    done = subprocess.run(
+        [sys.executable, "flower_vs_inprocess.py", "--quick", "--json"],
+        cwd=BENCHMARKS, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])["fedavg"]
+    assert len(result["in_process_s"]) == 2 and len(result["flower_s"]) == 2
+    assert all(t > 0 for t in result["in_process_s"] + result["flower_s"])
+    assert result["bytes"]["down_weights"] == result["bytes"]["up_weights"] > 0

@@ -207,16 +207,22 @@ class FederatedTrainer:
         state, the strategy's and the callbacks' state, and the random generators."""
         from fedbcs_lightning.rng import global_rng_state
 
+        clients = self.engine.state_dict()
+        if self.engine.local:  # after validation, clients hold the global weights
+            clients = {
+                name: {**state, "weights": share_equal(state["weights"], self.weights, name)}
+                for name, state in clients.items()
+            }
         return {
             "round": self.server_round,
             "weights": self.weights,
             "best": {
                 "score": self.best_score,
                 "round": self.best_round,
-                "weights": self.best_weights,
+                "weights": share_equal(self.best_weights, self.weights),
             },
             "history": self.history,
-            "clients": self.engine.state_dict(),
+            "clients": clients,
             "strategy": self.strategy.state_dict(),
             "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks},
             "rng": global_rng_state(),
@@ -231,7 +237,7 @@ class FederatedTrainer:
         self.weights = state["weights"]
         best = state["best"]
         self.best_score, self.best_round = best["score"], best["round"]
-        self.best_weights = best["weights"]
+        self.best_weights = {k: v.clone() for k, v in best["weights"].items()}  # unshared
         self.history = list(state["history"])
         self.strategy.load_state_dict(state["strategy"])
         for callback in self.callbacks:
@@ -239,3 +245,30 @@ class FederatedTrainer:
             if saved is not None:
                 callback.load_state_dict(saved)
         restore_global_rng(state["rng"])
+
+
+def share_equal(tensors: Weights, reference: Weights, client: str | None = None) -> Weights:
+    """``tensors`` with each tensor equal to its counterpart in ``reference`` (same key, or
+    ``<client>/<key>`` for a client's own layers) replaced by that counterpart, so that a
+    checkpoint stores it once (``torch.save`` writes a shared tensor one time).
+
+    >>> import torch
+    >>> g = {"w": torch.ones(2)}
+    >>> share_equal({"w": torch.ones(2)}, g)["w"] is g["w"]
+    True
+    """
+    import torch
+
+    out = {}
+    for key, tensor in tensors.items():
+        twin = reference.get(key)
+        if twin is None and client is not None:
+            twin = reference.get(f"{client}/{key}")
+        same = (
+            twin is not None
+            and twin.dtype == tensor.dtype
+            and twin.shape == tensor.shape
+            and torch.equal(twin, tensor)
+        )
+        out[key] = twin if same else tensor
+    return out

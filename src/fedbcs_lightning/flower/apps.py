@@ -61,7 +61,8 @@ def run_server(transport: Any, run_config: dict[str, Any]) -> dict[str, Any]:
         _write(outcome_file, outcome)
         raise
     _write(outcome_file, outcome)
-    print(outcome["message"], flush=True)
+    if outcome["status"] == "finished" or not outcome_file:  # fedbcs serve says why it stopped
+        print(outcome["message"], flush=True)
     return outcome
 
 

@@ -70,8 +70,16 @@ class GridTransport:
             Message(content, dst_node_id=node, message_type=message_type)
             for node, content in contents.items()
         ]
-        out: dict[int, RecordDict | str] = {n: f"no reply within {timeout:g} s" for n in contents}
-        for reply in self.grid.send_and_receive(messages, timeout=timeout):
+        start = time.monotonic()
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        waited = time.monotonic() - start
+        silent = (
+            f"no reply within {timeout:g} s"
+            if waited >= timeout
+            else f"no reply (the site went offline; noticed after {waited:.0f} s)"
+        )
+        out: dict[int, RecordDict | str] = dict.fromkeys(contents, silent)
+        for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
                 out[node] = f"error {reply.error.code}: {reply.error.reason}"

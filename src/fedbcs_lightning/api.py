@@ -17,33 +17,25 @@ import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fedbcs_lightning.callbacks import (
-    CheckpointWriter,
-    FederatedCallback,
-    MetricsWriter,
-    RoundProgress,
-)
-from fedbcs_lightning.callbacks.loggers import create_loggers
-from fedbcs_lightning.callbacks.plots import PlotWriter
 from fedbcs_lightning.config import Config, ConfigError, from_dict, merge, save
 from fedbcs_lightning.data import FederatedData, load_dataset, make_splits
-from fedbcs_lightning.evaluation.metrics import mean_over_sites
-from fedbcs_lightning.federation.build import build_clients, check_setup, describe_data
-from fedbcs_lightning.federation.trainer import FederatedTrainer, FitResult
-from fedbcs_lightning.federation.updates import FederationStopped, UpdateValidator
+from fedbcs_lightning.federation.updates import FederationStopped
 from fedbcs_lightning.io import atomic_write_json, load_checkpoint
-from fedbcs_lightning.methods import Strategy, create_strategy
-from fedbcs_lightning.methods.base import Weights
 from fedbcs_lightning.rundir import check_new_run_dir, clear_run_files, lock_run_dir
+
+if TYPE_CHECKING:  # torch and Lightning load once a federation is built, not before
+    from fedbcs_lightning.callbacks import FederatedCallback
+    from fedbcs_lightning.federation.trainer import FederatedTrainer, FitResult
+    from fedbcs_lightning.methods import Strategy
+    from fedbcs_lightning.methods.base import Weights
 
 __all__ = [
     "InProcess",
     "ResumeError",
     "RunResult",
     "Setup",
-    "build_clients",
     "fit",
     "format_summary",
     "resume",
@@ -84,8 +76,13 @@ class InProcess:
     """The default engine: every site's data and client in this process."""
 
     def prepare(self, config: Config) -> Setup:
-        check_setup(config)
+        """Read the data (a data error is reported before torch is imported), then build
+        the strategy and one client per site."""
         data, splits = _data(config)
+        from fedbcs_lightning.federation.build import build_clients, check_setup, describe_data
+        from fedbcs_lightning.methods import create_strategy
+
+        check_setup(config)
         strategy = create_strategy(config)
         clients = build_clients(config, data, splits, strategy)
         if config.server.min_clients > len(clients):
@@ -267,6 +264,12 @@ def _trainer(
     callbacks: list[FederatedCallback] | None,
     progress: bool,
 ) -> FederatedTrainer:
+    from fedbcs_lightning.callbacks import CheckpointWriter, MetricsWriter, RoundProgress
+    from fedbcs_lightning.callbacks.loggers import create_loggers
+    from fedbcs_lightning.callbacks.plots import PlotWriter
+    from fedbcs_lightning.federation.trainer import FederatedTrainer
+    from fedbcs_lightning.federation.updates import UpdateValidator
+
     class_names = setup.data_info["class_names"]
     all_callbacks = [
         MetricsWriter(run_dir),
@@ -292,6 +295,8 @@ def _trainer(
 
 def format_summary(result: FitResult, regions: list[str]) -> str:
     """Per-site, per-region test Dice (and HD95) for the selected and the last round."""
+    from fedbcs_lightning.evaluation.metrics import mean_over_sites
+
     lines = []
     for title, per_site in (
         (f"test, model selected on validation (round {result.best_round})", result.test_selected),

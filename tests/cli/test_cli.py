@@ -187,3 +187,15 @@ def test_fit_reads_the_cache_it_is_given(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert str(missing) in result.output and "Traceback" not in result.output
     assert list(tmp_path.iterdir()) == []  # no run folder left behind
+
+
+def test_a_fit_that_fails_on_its_data_fails_before_torch_is_imported(tmp_path):
+    code = (
+        "import sys; from typer.testing import CliRunner; from fedbcs_cli.main import app; "
+        f"r = CliRunner().invoke(app, ['fit', '--dataset', 'nuclei', '--data-root', "
+        f"'{tmp_path / 'missing'}', '--output', '{tmp_path / 'run'}']); "
+        "assert r.exit_code == 1 and 'no nuclei data found' in r.output, r.output; "
+        "heavy = [m for m in ('torch', 'lightning') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

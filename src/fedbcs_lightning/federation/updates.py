@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch loads with the first check, not with the exceptions below
+    import torch
 
-from fedbcs_lightning.methods.base import ClientUpdate, Strategy, Weights
+    from fedbcs_lightning.methods.base import ClientUpdate, Strategy, Weights
 
 
 class RejectedUpdate(ValueError):
@@ -59,6 +60,7 @@ class UpdateValidator:
 
     def check(self, update: ClientUpdate, sent: Mapping[str, Any], strategy: Strategy) -> None:
         """Raise :class:`RejectedUpdate` if ``update`` (answering weights ``sent``) is bad."""
+        import torch
 
         def reject(reason: str) -> None:
             raise RejectedUpdate(update.client, reason)
@@ -102,6 +104,8 @@ class UpdateValidator:
     @staticmethod
     def check_aggregate(weights: Weights, server_round: int) -> None:
         """Raise :class:`FederationStopped` if the aggregated weights are not finite."""
+        import torch
+
         bad = [
             k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()
         ]
@@ -114,6 +118,8 @@ class UpdateValidator:
 
 def relative_change(weights: Mapping[str, torch.Tensor], sent: Mapping[str, Any]) -> float:
     """``||weights - sent|| / ||sent||`` over the floating-point tensors both hold."""
+    import torch
+
     keys = [
         k
         for k, v in sent.items()

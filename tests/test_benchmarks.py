@@ -117,3 +117,30 @@ def test_flower_vs_inprocess_quick_times_both_engines():
     assert len(result["in_process_s"]) == 2 and len(result["flower_s"]) == 2
     assert all(t > 0 for t in result["in_process_s"] + result["flower_s"])
     assert result["bytes"]["down_weights"] == result["bytes"]["up_weights"] > 0
+
+
+def _quick(script: str) -> dict:
+    import json
+    import os
+    import subprocess
+
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    done = subprocess.run(
+        [sys.executable, script, "--quick", "--json"],
+        cwd=BENCHMARKS, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_checkpoint_cost_quick_stores_shared_tensors_once():
+    result = _quick("checkpoint_cost.py")
+    for method in ("fedavg", "fedbn"):
+        # after validation the clients and the selected model hold the global weights:
+        # one copy instead of six (the clients' optimiser moments stay their own)
+        assert result[method]["shared_bytes"] < 0.8 * result[method]["separate_bytes"]
+
+
+def test_loop_overhead_quick_times_three_loops():
+    times = _quick("loop_overhead.py")["seconds_per_round"]
+    assert len(times) == 3 and all(len(t) == 2 and min(t) > 0 for t in times.values())

@@ -152,3 +152,14 @@ def test_every_upload_passes_before_upload_last(tiny_config):
     assert all(
         torch.equal(update.weights[k], kept[k] / 2) for k in kept if kept[k].is_floating_point()
     )
+
+
+def test_bf16_mixed_precision_trains_through_lightning(tiny_config, tmp_path):
+    from fedbcs_lightning.api import fit
+    from fedbcs_lightning.config import merge
+
+    config = merge(tiny_config, {"run": {"precision": "bf16-mixed"}, "train": {"rounds": 1}})
+    run = fit(config, tmp_path / "run", progress=False)
+    loss = run.result.history[0]["train"]["site1"]["loss/total"]
+    assert torch.isfinite(torch.tensor(loss))
+    assert all(v.dtype != torch.bfloat16 for v in run.result.last_weights.values())

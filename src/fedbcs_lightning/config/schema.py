@@ -138,7 +138,8 @@ class ServerConfig:
 class RunConfig:
     seed: int = 0
     output: str | None = None
-    accelerator: str = "cpu"
+    accelerator: str = "auto"  # cpu, gpu (cuda), mps, or auto (a GPU when there is one)
+    precision: str = "32"  # training precision: 32, bf16-mixed or 16-mixed (through Lightning)
     loggers: list[str] = field(default_factory=list)  # experiment trackers: wandb, csv, tensorboard
     log_images: int = 4  # validation images per site in logged overlays and plots (0 = none)
     checkpoint_every: int = 1  # write the resumable state every N rounds (and at the end)

@@ -13,6 +13,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 NORMS = ("batch", "batch_stateless", "instance")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 AGGREGATIONS = ("mean", "median", "trimmed_mean")
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 
 
 def validate(config: Config) -> None:
@@ -36,6 +37,7 @@ def validate(config: Config) -> None:
     _choice(config.train.optimizer, OPTIMIZERS, "train.optimizer")
     _choice(config.model.norm, NORMS, "model.norm")
     _choice(config.run.accelerator, ACCELERATORS, "run.accelerator")
+    _choice(config.run.precision, PRECISIONS, "run.precision")
     _check_loggers(config.run.loggers)
     _positive(config, "run.checkpoint_every", "run.eval_every")
     if config.run.whole_image_pixels < 0:

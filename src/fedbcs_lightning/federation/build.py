@@ -100,6 +100,7 @@ def build_clients(
             window=config.data.image_size if data.whole_images else None,
             whole_image_pixels=config.run.whole_image_pixels,
             seed=config.run.seed,
+            precision=config.run.precision,
         )
 
     clients = [

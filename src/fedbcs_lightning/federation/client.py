@@ -155,6 +155,7 @@ class FederatedClient:
         window: int | None = None,
         whole_image_pixels: int = WHOLE_IMAGE_PIXELS,
         seed: int = 0,
+        precision: str = "32",
     ) -> None:
         self.name = name
         self.module = module
@@ -166,6 +167,7 @@ class FederatedClient:
         self.window = window
         self.whole_image_pixels = whole_image_pixels
         self.seed = seed
+        self.precision = precision
 
     def load(self, instruction: Instruction) -> None:
         """Load the weights the server sent; keys it left out stay local."""
@@ -217,6 +219,7 @@ class FederatedClient:
             max_epochs=self.local_epochs,
             accelerator=self.accelerator,
             devices=1,
+            precision=self.precision,
             logger=False,
             enable_checkpointing=False,
             enable_progress_bar=False,

@@ -31,7 +31,6 @@ from fedbcs_lightning.flower.records import (
     decode_reply,
     decode_update,
     encode_instruction,
-    nbytes,
     refusal,
 )
 from fedbcs_lightning.methods.base import ClientUpdate, Instruction
@@ -124,7 +123,6 @@ class RemoteClients:
         self.say = say
         self.run_key = uuid.uuid4().hex
         self.server_round = 0
-        self.traffic: dict[int, dict[str, dict[str, int]]] = {}  # round -> site -> bytes
 
     def header(self, kind: str, server_round: int, **extra: Any) -> dict[str, Any]:
         last_saved = (server_round - 1) // self.checkpoint_every * self.checkpoint_every
@@ -160,6 +158,8 @@ class RemoteClients:
                 self.say(f"node {node} ({name or reply}) is not a site of this run; ignored")
 
     def _send(self, kind: str, instructions: dict[str, Instruction], **extra: Any):
+        if not instructions:
+            return {}
         self.refresh()
         server_round = int(next(iter(instructions.values())).config.get("round", 0))
         self.server_round = server_round
@@ -178,12 +178,8 @@ class RemoteClients:
                 continue
             reply = replies[node]
             if isinstance(reply, str):
-                out[name] = f"dropped out: {reply}"
+                out[name] = f"dropped out: {_short(reply)}"
                 continue
-            if kind == "fit":
-                traffic = self.traffic.setdefault(server_round, {})
-                traffic[name] = {"sent": sum(nbytes(contents[node]).values())}
-                traffic[name]["received"] = sum(nbytes(reply).values())
             out[name] = refusal(reply) or reply
         return out
 
@@ -226,6 +222,18 @@ class RemoteClients:
         if "run_key" not in state:
             raise ValueError("the checkpoint was written by an in-process run, not on Flower")
         self.run_key = state["run_key"]
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("fedbcs-lightning")
+
+
+def _short(reason: str, limit: int = 400) -> str:
+    """A reason fit for one log line (a site's traceback is in the site's own log)."""
+    reason = " ".join(reason.split())
+    return reason if len(reason) <= limit else reason[: limit - 3] + "..."
 
 
 def _site_name(reply: RecordDict | str) -> str | None:
@@ -324,6 +332,10 @@ class FlowerEngine:
                 )
                 continue
             described[name] = {**answer, "node": node}
+            theirs, ours = answer.get("version"), _version()
+            if theirs != ours:
+                self.say(f"site {name} runs fedbcs-lightning {theirs}, the server {ours}: "
+                         "install the same version everywhere")  # fmt: skip
         return described
 
 

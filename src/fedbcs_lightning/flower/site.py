@@ -127,7 +127,8 @@ class Site:
         from fedbcs_lightning.federation.build import describe_data
 
         data, splits = self.data(config)
-        return {"site": self.name, "data": describe_data(data), "splits": splits[self.name]}
+        return {"site": self.name, "data": describe_data(data), "splits": splits[self.name],
+                "version": _version()}  # fmt: skip
 
     def client(self, config: Config):
         from fedbcs_lightning.federation.build import build_clients, check_setup
@@ -167,6 +168,12 @@ class Site:
         for r, path in states.items():
             if r < floor:
                 path.unlink(missing_ok=True)
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("fedbcs-lightning")
 
 
 def _safe(name: str) -> str:

@@ -90,8 +90,9 @@ def write_connection(home: Path, port: int, tls: Tls | None) -> None:
 
 def superlink_command(host: str, port: int, home: Path, tls: Tls | None, auth: bool) -> list[str]:
     command = ["flower-superlink", "--host", host, "--port", str(port),
-               "--database", str(home / "superlink.db"),
                "--disable-runtime-dependency-installation"]  # fmt: skip
+    if auth:  # registered site keys live in a database file, from one start to the next
+        command += ["--database", str(home / "superlink.db")]
     if tls:
         command += ["--ssl-ca-certfile", str(tls.ca), "--ssl-certfile", str(tls.cert),
                     "--ssl-keyfile", str(tls.key)]  # fmt: skip

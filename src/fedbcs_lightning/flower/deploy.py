@@ -267,7 +267,9 @@ def join(
     max_wait: float | None = None,
     say=print,
 ) -> int:
-    """``fedbcs join``: run this site's SuperNode until it stops (Ctrl-C); its exit code.
+    """``fedbcs join``: run this site's SuperNode until Ctrl-C (exit code 130), starting
+    it again whenever it stops (a restarted server forgets the nodes it knew), unless
+    ``max_wait`` is given: then it ends with the SuperNode's exit code.
 
     Without ``max_wait``, a refused key is tried again every 15 s for 120 s: the server
     may not have registered it yet, or a crashed session of this site may not have expired
@@ -289,7 +291,12 @@ def join(
             stop(node)  # its helpers outlive it otherwise
             relay.join(5)
             if not said:
-                return code
+                if max_wait:  # it gave up reaching the server, as asked
+                    return code
+                # e.g. a restarted server that no longer knows this node: join it again
+                say(f"the SuperNode stopped (exit code {code}); starting it again in 5 s")
+                time.sleep(5)
+                continue
             if time.monotonic() > deadline:
                 say("the server refused this site's key: is its .pub file among the "
                     "server's --site-key options?")  # fmt: skip

@@ -17,7 +17,6 @@ each method.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -66,8 +65,7 @@ def in_process(method: str, rounds: int, folder: Path) -> list[float]:
 
 def on_flower(method: str, rounds: int, folder: Path) -> list[float]:
     run, port = folder / f"serve-{method}", free_port()
-    env = {**os.environ}
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     serve = subprocess.Popen(
         [FEDBCS, "serve", "--method", method, "--rounds", str(rounds), *TINY, "--sites", "3",
          "--output", str(run), "--home", str(folder / f"server-{method}"), "--host",

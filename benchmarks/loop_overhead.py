@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from common import emit, markdown_table, parser
 
 from fedbcs_lightning.api import InProcess, fit
@@ -100,7 +99,6 @@ def main() -> None:
         "data": {"image_size": size, "synthetic": {"sites": 4, "images_per_site": 24}},
         "model": {"width": width}, "train": {"rounds": rounds, "batch_size": 8},
     })  # fmt: skip
-    torch.set_num_threads(torch.get_num_threads())
     times = {"plain PyTorch loop": plain_loop(config), "FederatedTrainer": bare_trainer(config),
              "api.fit (default callbacks)": full_fit(config)}  # fmt: skip
     base = statistics.median(times["plain PyTorch loop"])

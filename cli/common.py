@@ -37,3 +37,14 @@ def nested_options(**flat: Any) -> dict[str, Any]:
         section, key = dotted.split(".")
         nested.setdefault(section, {})[key] = value
     return nested
+
+
+def resolve_or_fail(config: str | None, overrides: list[str] | None, **flat: Any):
+    """The run's config from a preset or YAML file, ``--set`` overrides and the command's
+    own options (``"section.key": value``, None = not given); a bad value exits with 2."""
+    from fedbcs_lightning.config import ConfigError, resolve
+
+    try:
+        return resolve(config, overrides=overrides or [], options=nested_options(**flat))
+    except ConfigError as err:
+        fail(str(err))

@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
-from fedbcs_cli.common import IMPORTS, fail, import_or_fail, nested_options
-from fedbcs_lightning.config import ConfigError, preset_names, resolve
+from fedbcs_cli.common import IMPORTS, fail, import_or_fail, resolve_or_fail
+from fedbcs_lightning.config import preset_names
 
 NEEDS_FLOWER = (
     "the multi-machine engine needs Flower: pip install 'fedbcs-lightning[flower]' "
@@ -107,29 +107,34 @@ def serve(
 
     home = home.resolve()
     if resume is not None:
+        given = {
+            "--dataset": dataset, "--method": method, "--rounds": rounds,
+            "--local-epochs": local_epochs, "--batch-size": batch_size, "--lr": lr,
+            "--image-size": image_size, "--seed": seed, "--config": config, "--set": set_,
+            "--output": output, "--overwrite": overwrite, "--min-sites": min_sites,
+            "--sites": sites,
+        }  # fmt: skip
+        extra = [name for name, value in given.items() if value is not None and value is not False]
+        if extra:
+            fail(f"--resume continues the saved configuration; drop {', '.join(extra)}")
         run_config = {"run-dir": str(resume.resolve()), "resume": True}
     else:
-        try:
-            cfg = resolve(
-                config,
-                overrides=set_ or [],
-                options=nested_options(
-                    **{
-                        "data.name": dataset,
-                        "train.method": method,
-                        "train.rounds": rounds,
-                        "train.local_epochs": local_epochs,
-                        "train.batch_size": batch_size,
-                        "train.lr": lr,
-                        "data.image_size": image_size,
-                        "run.seed": seed,
-                        "server.min_clients": min_sites,
-                        "server.sites": sites,
-                    }  # fmt: skip
-                ),
-            )
-        except ConfigError as err:
-            fail(str(err))
+        cfg = resolve_or_fail(
+            config,
+            set_,
+            **{
+                "data.name": dataset,
+                "train.method": method,
+                "train.rounds": rounds,
+                "train.local_epochs": local_epochs,
+                "train.batch_size": batch_size,
+                "train.lr": lr,
+                "data.image_size": image_size,
+                "run.seed": seed,
+                "server.min_clients": min_sites,
+                "server.sites": sites,
+            },  # fmt: skip
+        )
         from fedbcs_lightning.api import default_run_dir
         from fedbcs_lightning.config import save
 

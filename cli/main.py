@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from fedbcs_cli.checkpoints import evaluate, export, predict, report
-from fedbcs_cli.common import IMPORTS, fail, import_or_fail, nested_options
+from fedbcs_cli.common import IMPORTS, fail, import_or_fail, nested_options, resolve_or_fail
 from fedbcs_cli.federation import join, serve
 from fedbcs_lightning.catalog import BACKBONES, DATASETS, METHODS
 from fedbcs_lightning.config import ConfigError, preset_names, resolve
@@ -113,31 +113,26 @@ def fit(
             fail(f"--resume continues the saved configuration; drop {', '.join(extra)}")
         _resume(resume, rounds)
         return
-    try:
-        cfg = resolve(
-            config,
-            overrides=set_ or [],
-            options=nested_options(
-                **{
-                    "data.name": dataset,
-                    "train.method": method,
-                    "train.rounds": rounds,
-                    "train.local_epochs": local_epochs,
-                    "train.clients": clients,
-                    "train.batch_size": batch_size,
-                    "train.lr": lr,
-                    "data.image_size": image_size,
-                    "run.seed": seed,
-                    "data.root": data_root,
-                    "data.cache": cache,
-                    "run.output": str(output) if output else None,
-                    "run.loggers": [n for n in logger if n != "none"] if logger else None,
-                    "run.imports": imports or None,
-                }
-            ),
-        )
-    except ConfigError as err:
-        fail(str(err))
+    cfg = resolve_or_fail(
+        config,
+        set_,
+        **{
+            "data.name": dataset,
+            "train.method": method,
+            "train.rounds": rounds,
+            "train.local_epochs": local_epochs,
+            "train.clients": clients,
+            "train.batch_size": batch_size,
+            "train.lr": lr,
+            "data.image_size": image_size,
+            "run.seed": seed,
+            "data.root": data_root,
+            "data.cache": cache,
+            "run.output": str(output) if output else None,
+            "run.loggers": [n for n in logger if n != "none"] if logger else None,
+            "run.imports": imports or None,
+        },
+    )
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     from fedbcs_lightning.api import default_run_dir
     from fedbcs_lightning.api import fit as run_fit

@@ -20,6 +20,8 @@ runner = CliRunner()
         (["serve", "--ca", "no.crt", "--cert", "no.pem", "--key", "no.key"],
          "--ca no.crt: no such file"),
         (["join", "--server", "h:8000", "--site", "a"], "TLS needs --ca (or --insecure"),
+        (["serve", "--insecure", "--resume", "run", "--rounds", "5", "--method", "fedbn"],
+         "--resume continues the saved configuration; drop --method, --rounds"),
         (["join", "--server", "h:8000", "--site", "a", "--insecure", "--data-root", "/nope"],
          "--data-root /nope: no such folder"),
     ],

@@ -33,6 +33,13 @@ from fedbcs_lightning.methods.base import ClientUpdate, Instruction, Weights
 HEADER = "fedbcs"
 
 
+def library_version() -> str:
+    """This library's version: a site reports it, the server compares it with its own."""
+    from importlib.metadata import version
+
+    return version("fedbcs-lightning")
+
+
 def weights_record(weights: Weights) -> ArrayRecord:
     return ArrayRecord(
         {k: Array(v.detach().cpu().contiguous().numpy()) for k, v in weights.items()}

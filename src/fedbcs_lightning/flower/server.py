@@ -31,6 +31,7 @@ from fedbcs_lightning.flower.records import (
     decode_reply,
     decode_update,
     encode_instruction,
+    library_version,
     refusal,
 )
 from fedbcs_lightning.methods.base import ClientUpdate, Instruction
@@ -224,12 +225,6 @@ class RemoteClients:
         self.run_key = state["run_key"]
 
 
-def _version() -> str:
-    from importlib.metadata import version
-
-    return version("fedbcs-lightning")
-
-
 def _short(reason: str, limit: int = 400) -> str:
     """A reason fit for one log line (a site's traceback is in the site's own log)."""
     reason = " ".join(reason.split())
@@ -332,7 +327,7 @@ class FlowerEngine:
                 )
                 continue
             described[name] = {**answer, "node": node}
-            theirs, ours = answer.get("version"), _version()
+            theirs, ours = answer.get("version"), library_version()
             if theirs != ours:
                 self.say(f"site {name} runs fedbcs-lightning {theirs}, the server {ours}: "
                          "install the same version everywhere")  # fmt: skip

@@ -36,6 +36,7 @@ from fedbcs_lightning.flower.records import (
     decode_instruction,
     encode_reply,
     encode_update,
+    library_version,
 )
 from fedbcs_lightning.io import atomic_torch_save, load_checkpoint
 
@@ -128,7 +129,7 @@ class Site:
 
         data, splits = self.data(config)
         return {"site": self.name, "data": describe_data(data), "splits": splits[self.name],
-                "version": _version()}  # fmt: skip
+                "version": library_version()}  # fmt: skip
 
     def client(self, config: Config):
         from fedbcs_lightning.federation.build import build_clients, check_setup
@@ -168,12 +169,6 @@ class Site:
         for r, path in states.items():
             if r < floor:
                 path.unlink(missing_ok=True)
-
-
-def _version() -> str:
-    from importlib.metadata import version
-
-    return version("fedbcs-lightning")
 
 
 def _safe(name: str) -> str:

@@ -144,3 +144,12 @@ def test_checkpoint_cost_quick_stores_shared_tensors_once():
 def test_loop_overhead_quick_times_three_loops():
     times = _quick("loop_overhead.py")["seconds_per_round"]
     assert len(times) == 3 and all(len(t) == 2 and min(t) > 0 for t in times.values())
+
+
+def test_privacy_quick_reports_dice_against_epsilon():
+    rows = _quick("privacy.py")["rows"]
+    assert {(r["method"], r["noise"]) for r in rows} == {
+        ("fedavg", 0.0), ("fedavg", 1.0), ("fedbcs", 0.0), ("fedbcs", 1.0)
+    }  # fmt: skip
+    private = [r for r in rows if r["noise"] > 0]
+    assert all(0 < r["epsilon"] < float("inf") and 0 <= r["selected"] <= 1 for r in private)

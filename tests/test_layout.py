@@ -15,7 +15,7 @@ LAYERS = [
     ("core", ["registry", "catalog", "io", "rng", "rundir", "config"]),
     ("data", ["data"]),
     ("leaves", ["models", "evaluation.metrics", "reporting.visualize"]),
-    ("methods", ["methods"]),
+    ("methods", ["methods", "privacy"]),
     ("outputs", ["evaluation", "reporting"]),
     ("callbacks", ["callbacks"]),
     ("federation", ["federation"]),

@@ -264,7 +264,12 @@ def _trainer(
     callbacks: list[FederatedCallback] | None,
     progress: bool,
 ) -> FederatedTrainer:
-    from fedbcs_lightning.callbacks import CheckpointWriter, MetricsWriter, RoundProgress
+    from fedbcs_lightning.callbacks import (
+        CheckpointWriter,
+        MetricsWriter,
+        PrivacyReport,
+        RoundProgress,
+    )
     from fedbcs_lightning.callbacks.loggers import create_loggers
     from fedbcs_lightning.callbacks.plots import PlotWriter
     from fedbcs_lightning.federation.trainer import FederatedTrainer
@@ -277,6 +282,8 @@ def _trainer(
     ]
     if progress:
         all_callbacks.append(RoundProgress())
+        if config.privacy.mode != "off":
+            all_callbacks.append(PrivacyReport(config.privacy.delta))
     all_callbacks.append(PlotWriter(run_dir, class_names, config.run.log_images))
     all_callbacks += create_loggers(
         config.run.loggers, run_dir, config.to_dict(), class_names, config.run.log_images

@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("flwr", reason="Flower is not installed (pip install '.[flower]')")
 
 from fedbcs_lightning.api import fit  # noqa: E402
-from fedbcs_lightning.config import ConfigError, resolve  # noqa: E402
+from fedbcs_lightning.config import ConfigError, merge, resolve  # noqa: E402
 from fedbcs_lightning.federation.updates import FederationStopped  # noqa: E402
 from fedbcs_lightning.flower.records import (  # noqa: E402
     HEADER,
@@ -70,6 +70,17 @@ def test_every_method_trains_the_same_through_the_engine_as_in_process(tmp_path,
     assert all(torch.equal(got[k], want[k]) for k in want)
     same = json.dumps(remote.result.test_last, sort_keys=True)  # NaN-safe (HD95 of no region)
     assert same == json.dumps(reference.result.test_last, sort_keys=True)
+
+
+@pytest.mark.parametrize(("method", "mode"), [("fedbcs", "sample"), ("fedavg", "client")])
+def test_a_private_run_is_the_same_through_the_engine_as_in_process(tmp_path, method, mode):
+    cfg = merge(config(method), {"privacy": {"mode": mode, "noise_seed": 3}})
+    reference = fit(cfg, tmp_path / "in-process", progress=False)
+    transport = LoopbackTransport(SITES, tmp_path / "state")
+    remote = fit(cfg, tmp_path / "flower", progress=False, engine=FlowerEngine(transport, quiet))
+    want, got = reference.result.last_weights, remote.result.last_weights
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert remote.result.history == reference.result.history  # epsilon spent included
 
 
 def test_pooled_is_refused_with_the_reason(tmp_path):

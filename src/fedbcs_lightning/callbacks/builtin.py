@@ -255,3 +255,60 @@ class RoundProgress(FederatedCallback):
         if self._progress:
             self._progress.stop()
             self._progress = None
+
+
+class PrivacyReport(FederatedCallback):
+    """What the run's differential privacy spends (``privacy.*``): at the start, the
+    epsilon each site (or, client-level, the server) will have spent after the last
+    round; at the end, what was spent. Each round's figure is in the metrics
+    (``privacy/epsilon``). Sites on other machines report their plan with their first
+    update."""
+
+    def __init__(self, delta: float, stream=None) -> None:
+        self.delta = delta
+        self.stream = stream or sys.stdout
+        self.reported: set[str] = set()
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+    def on_fit_start(self, trainer: Any) -> None:
+        from fedbcs_lightning.privacy.hooks import SamplePrivacy
+
+        planned = {}
+        if hasattr(trainer.strategy, "planned_epsilon"):
+            planned["server (client-level)"] = trainer.strategy.planned_epsilon()
+        for name, client in trainer.local_clients.items():
+            for hook in client.module.hooks:
+                if isinstance(hook, SamplePrivacy):
+                    planned[name] = hook.planned_epsilon()
+        self.reported |= set(planned)
+        if planned:
+            self._print(f"privacy: planned epsilon at delta={self.delta:g} {_figures(planned)}")
+
+    def on_client_fit_end(self, trainer: Any, server_round: int, update: Any) -> None:
+        from fedbcs_lightning.privacy.hooks import PLANNED
+
+        if update.client not in self.reported and PLANNED in update.metrics:
+            self.reported.add(update.client)
+            self._print(
+                f"privacy: {update.client} plans epsilon {update.metrics[PLANNED]:.2f} at "
+                f"delta={self.delta:g}"
+            )
+
+    def on_fit_end(self, trainer: Any, result: Any) -> None:
+        from fedbcs_lightning.privacy.hooks import EPSILON
+
+        spent = {}
+        for record in result.history:
+            for name, metrics in record.get("train", {}).items():
+                if EPSILON in metrics:
+                    spent[name] = metrics[EPSILON]
+            if EPSILON in record.get("aggregate", {}):
+                spent["server (client-level)"] = record["aggregate"][EPSILON]
+        if spent:
+            self._print(f"privacy: spent epsilon at delta={self.delta:g} {_figures(spent)}")
+
+
+def _figures(values: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.2f}" for name, value in values.items())

@@ -135,6 +135,21 @@ class ServerConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Differential privacy of what leaves a site (off by default; docs/privacy.md)."""
+
+    mode: str = "off"  # off | sample (DP-SGD at each site) | client (clipped updates, server noise)
+    noise_multiplier: float = 1.0  # Gaussian noise std / clip bound (DP-SGD, or the server's)
+    max_grad_norm: float = 1.0  # sample: per-image gradient clip (L2)
+    update_clip: float = 1.0  # client: clip of each site's update ||w_site - w_global|| (L2)
+    prototype_noise_multiplier: float = 4.0  # sample: noise std / bound of prototype sums, counts
+    prototype_clip: float = 1.0  # sample: bound on one image's class-mean feature (L2)
+    delta: float = 1e-5
+    accountant: str = "rdp"  # Opacus accountant: rdp | prv
+    noise_seed: int | None = None  # None: a secret per site; a number makes noise reproducible
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     output: str | None = None
@@ -155,6 +170,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     fedbcs: FedBCSConfig = field(default_factory=FedBCSConfig)
     fedprox: FedProxConfig = field(default_factory=FedProxConfig)
     moon: MoonConfig = field(default_factory=MoonConfig)

@@ -14,6 +14,8 @@ NORMS = ("batch", "batch_stateless", "instance")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 AGGREGATIONS = ("mean", "median", "trimmed_mean")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+PRIVACY_MODES = ("off", "sample", "client")
+ACCOUNTANTS = ("rdp", "prv")
 
 
 def validate(config: Config) -> None:
@@ -64,6 +66,7 @@ def validate(config: Config) -> None:
     if not 0.0 <= config.train.momentum < 1.0:
         raise ConfigError(f"train.momentum: must lie in [0, 1), got {config.train.momentum}")
     _check_server(config)
+    _check_privacy(config)
     _check_pattern(config.data.group_pattern)
     if config.train.clients is not None and config.train.clients < 1:
         raise ConfigError(f"train.clients: must be at least 1, got {config.train.clients}")
@@ -136,6 +139,34 @@ def _check_server(config: Config) -> None:
         )
     if not 0.0 <= server.trim_fraction < 0.5:
         raise ConfigError(f"server.trim_fraction: must lie in [0, 0.5), got {server.trim_fraction}")
+
+
+def _check_privacy(config: Config) -> None:
+    privacy = config.privacy
+    _choice(privacy.mode, PRIVACY_MODES, "privacy.mode")
+    _choice(privacy.accountant, ACCOUNTANTS, "privacy.accountant")
+    _positive(
+        config,
+        "privacy.noise_multiplier",
+        "privacy.max_grad_norm",
+        "privacy.update_clip",
+        "privacy.prototype_noise_multiplier",
+        "privacy.prototype_clip",
+    )
+    if not 0.0 < privacy.delta < 1.0:
+        raise ConfigError(f"privacy.delta: must lie in (0, 1), got {privacy.delta}")
+    if privacy.noise_seed is not None and privacy.noise_seed < 0:
+        raise ConfigError(f"privacy.noise_seed: must be >= 0, got {privacy.noise_seed}")
+    if privacy.mode == "sample" and config.run.precision != "32":
+        raise ConfigError(
+            f"run.precision: {config.run.precision!r} with privacy.mode=sample; per-image "
+            "gradient clipping runs in 32-bit precision only (use run.precision=32)"
+        )
+    if privacy.mode == "client" and config.server.aggregation != "mean":
+        raise ConfigError(
+            f"server.aggregation: {config.server.aggregation!r} with privacy.mode=client; the "
+            "server's noise is calibrated to a mean of clipped updates (use mean)"
+        )
 
 
 def _check_loggers(names: list[str]) -> None:

@@ -124,13 +124,11 @@ def site_weights(
 
 def build_model(info: ModelInfo) -> torch.nn.Module:
     """The network the checkpoint's config describes, freshly initialised."""
-    from fedbcs_lightning.catalog import BACKBONES
     from fedbcs_lightning.methods import create_strategy
+    from fedbcs_lightning.models import backbone_from_config
 
     config = info.config
-    backbone = BACKBONES.get(config.model.backbone).from_config(
-        config.model, in_channels=info.in_channels, num_classes=info.num_classes
-    )
+    backbone = backbone_from_config(config, info.in_channels, info.num_classes)
     return create_strategy(config).configure_backbone(backbone)
 
 

@@ -29,9 +29,10 @@ from fedbcs_lightning.data import (
     make_loader,
 )
 from fedbcs_lightning.federation.client import FederatedClient, SegmentationClientModule
+from fedbcs_lightning.federation.private import PrivateSegmentationModule
 from fedbcs_lightning.methods import Strategy
 from fedbcs_lightning.methods.baselines import POOLED_CLIENT
-from fedbcs_lightning.models import BACKBONES
+from fedbcs_lightning.models import BACKBONES, backbone_from_config
 from fedbcs_lightning.rng import site_seed
 
 
@@ -66,9 +67,7 @@ def check_setup(config: Config) -> None:
 
 
 def build_backbone(config: Config, data: FederatedData):
-    return BACKBONES.get(config.model.backbone).from_config(
-        config.model, in_channels=data.in_channels, num_classes=data.num_classes
-    )
+    return backbone_from_config(config, data.in_channels, data.num_classes)
 
 
 def build_clients(
@@ -81,13 +80,17 @@ def build_clients(
     def client(name: str, loaders: dict) -> FederatedClient:
         backbone = strategy.configure_backbone(build_backbone(config, data))
         backbone.load_state_dict(template.state_dict())
-        module = SegmentationClientModule(
+        module_class, hooks = SegmentationClientModule, strategy.client_hooks()
+        if config.privacy.mode == "sample":
+            module_class = PrivateSegmentationModule
+            hooks.append(sample_privacy(config, name, loaders, backbone))
+        module = module_class(
             backbone,
             optimizer=config.train.optimizer,
             lr=config.train.lr,
             weight_decay=config.train.weight_decay,
             momentum=config.train.momentum,
-            hooks=strategy.client_hooks(),
+            hooks=hooks,
         )
         return FederatedClient(
             name,
@@ -112,6 +115,27 @@ def build_clients(
     if strategy.pools_training_data:
         clients.append(client("pooled", pooled_loaders(config, clients)))
     return clients
+
+
+def sample_privacy(config: Config, site: str, loaders: dict, backbone):
+    """DP-SGD for one site: its training loader becomes Poisson-sampled (in ``loaders``)
+    and the returned hook clips, noises and accounts (``privacy.mode=sample``)."""
+    from fedbcs_lightning.methods.fedbcs.strategy import DESCRIPTORS
+    from fedbcs_lightning.privacy.dpsgd import poisson_loader, private_generator
+    from fedbcs_lightning.privacy.hooks import SamplePrivacy
+
+    options = config.privacy
+    loaders["train"] = poisson_loader(
+        loaders["train"], private_generator(options.noise_seed, site, 1)
+    )
+    return SamplePrivacy(
+        options,
+        loaders["train"],
+        steps_per_round=config.train.local_epochs * len(loaders["train"]),
+        rounds=config.train.rounds,
+        noise=private_generator(options.noise_seed, site, 2),
+        uploads_prototypes=hasattr(backbone, DESCRIPTORS),
+    )
 
 
 def _num_images(dataset) -> int:
@@ -157,6 +181,11 @@ def site_loaders(config: Config, data: FederatedData, site, idx: dict, seed: int
         raise DataError(f"site {site.name!r} has no training image with foreground")
     eval_batch = 1 if data.whole_images else config.train.batch_size
     repeats = config.data.crops_per_image if data.whole_images else 1
+    if repeats > 1 and config.privacy.mode == "sample":
+        raise ConfigError(
+            f"data.crops_per_image: {repeats} crops of each image per epoch, but "
+            "privacy.mode=sample protects images as single samples; set data.crops_per_image=1"
+        )
     return {
         "train": make_loader(
             SegmentationDataset(site, train, transform, repeats),

@@ -17,10 +17,14 @@ from fedbcs_lightning.methods.base import (
 
 def create_strategy(config) -> Strategy:
     """Build the strategy named by ``config.train.method``, aggregating weights by the rule
-    of ``config.server.aggregation``."""
+    of ``config.server.aggregation``, under the differential privacy of ``config.privacy``
+    (a method that cannot support it is refused with the reason)."""
+    from fedbcs_lightning.privacy import check_method, wrap_strategy
+
     strategy = METHODS.get(config.train.method).from_config(config)
     strategy.configure_aggregation(config.server.aggregation, config.server.trim_fraction)
-    return strategy
+    check_method(strategy, config.privacy.mode)
+    return wrap_strategy(strategy, config)
 
 
 __all__ = [

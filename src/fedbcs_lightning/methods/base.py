@@ -179,6 +179,11 @@ class Strategy:
         """Client-side hooks this method needs (fresh objects per client)."""
         return []
 
+    def privacy_refusal(self, mode: str) -> str | None:
+        """Why this method cannot run under ``privacy.mode=mode`` (``sample``: DP-SGD at
+        each site; ``client``: clipped updates, noise at the server), or ``None``."""
+        return None
+
     def configure_train(
         self, server_round: int, weights: Weights, clients: list[str]
     ) -> dict[str, Instruction]:

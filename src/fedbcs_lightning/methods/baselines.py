@@ -122,6 +122,14 @@ class FedBN(PartlyLocal):
 
     name = "fedbn"
 
+    def privacy_refusal(self, mode: str) -> str | None:
+        if mode == "sample":
+            return (
+                "keeps BatchNorm layers local, and per-image gradient clipping needs "
+                "BatchNorm replaced by GroupNorm (whose affine layers FedAvg shares); use fedavg"
+            )
+        return None
+
     def local_modules(self, backbone: nn.Module) -> list[str]:
         return [
             name
@@ -135,6 +143,11 @@ class LocalOnly(FedAvg):
     clients' own, stored under ``<client>/<key>`` and handed back to each client."""
 
     name = "local"
+
+    def privacy_refusal(self, mode: str) -> str | None:
+        if mode == "client":
+            return "averages nothing, so there is no aggregate for the server's noise to cover"
+        return None
 
     def __init__(self) -> None:
         super().__init__()
@@ -177,6 +190,9 @@ class Pooled(FedAvg):
 
     name = "pooled"
     pools_training_data = True
+
+    def privacy_refusal(self, mode: str) -> str | None:
+        return "trains on every site's images in one place; there is no site to protect"
 
     def configure_train(self, server_round: int, weights: Weights, clients: list[str]):
         if POOLED_CLIENT not in clients:

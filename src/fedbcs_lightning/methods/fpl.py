@@ -62,7 +62,9 @@ class FPL(FedBCS):
     @classmethod
     def from_config(cls, config) -> FPL:
         fpl = config.fpl
-        return cls(fpl.tau, fpl.weight, fpl.max_anchors, config.train.local_epochs)
+        strategy = cls(fpl.tau, fpl.weight, fpl.max_anchors, config.train.local_epochs)
+        strategy.collect_prototypes = config.privacy.mode != "sample"
+        return strategy
 
     def configure_backbone(self, backbone: Any) -> Any:
         backbone.add_module(DESCRIPTORS, LastLayerDescriptors())

@@ -116,6 +116,14 @@ class HarmoFL(PartlyLocal):
 
     name = "harmofl"
 
+    def privacy_refusal(self, mode: str) -> str | None:
+        if mode == "sample":
+            return (
+                "perturbs the weights along each batch's gradient before the step, and that "
+                "gradient is neither clipped per image nor noised"
+            )
+        return None
+
     def __init__(self, image_size: int, alpha: float = 0.05, momentum: float = 0.1) -> None:
         super().__init__()
         self.image_size, self.alpha, self.momentum = image_size, alpha, momentum

@@ -157,21 +157,32 @@ class Descriptor:
         self, labels: torch.Tensor, num_classes: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per class: the sum of features over its pixels ``(C, dim)`` and the pixel count."""
+        return self._class_sums(labels, num_classes, "bchw,bkhw->ck", (0, 2, 3))
+
+    def image_class_sums(
+        self, labels: torch.Tensor, num_classes: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per image and class: feature sums ``(B, C, dim)`` and pixel counts ``(B, C)``."""
+        return self._class_sums(labels, num_classes, "bchw,bkhw->bck", (2, 3))
+
+    def _class_sums(
+        self, labels: torch.Tensor, num_classes: int, pattern: str, count_dims: tuple
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = self.levels[0][1].dtype
         onehot = F.one_hot(labels, num_classes).permute(0, 3, 1, 2).to(dtype)
-        counts = onehot.sum(dim=(0, 2, 3))
+        counts = onehot.sum(dim=count_dims)
         cell_counts: dict[int, torch.Tensor] = {}
         blocks = []
         for parts, bias in self.levels:
-            block = counts[:, None] * bias[None, :]
+            block = counts[..., None] * bias
             for part in parts:
                 s = self._stride(part)
                 if s not in cell_counts:
                     cell_counts[s] = F.avg_pool2d(onehot, s) * (s * s) if s > 1 else onehot
-                raw = torch.einsum("bchw,bkhw->ck", cell_counts[s], part.features)
+                raw = torch.einsum(pattern, cell_counts[s], part.features)
                 block = block + raw @ part.weight.T
             blocks.append(block)
-        return torch.cat(blocks, dim=1), counts
+        return torch.cat(blocks, dim=-1), counts
 
     def dense(self) -> torch.Tensor:
         """The materialised ``(B, dim, H, W)`` map (memory-hungry; for checks)."""

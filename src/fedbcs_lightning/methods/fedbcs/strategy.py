@@ -52,9 +52,10 @@ def sample_anchors(labels: torch.Tensor, max_per_class: int = 0):
 class PrototypeAlignment(ClientHook):
     """Client side of CDPA: alignment loss and local prototypes."""
 
-    def __init__(self, options: FedBCSConfig, local_epochs: int) -> None:
+    def __init__(self, options: FedBCSConfig, local_epochs: int, collect: bool = True) -> None:
         self.options = options
         self.local_epochs = local_epochs
+        self.collect = collect  # reduce this site's prototypes from its training steps
         self.global_bank: PrototypeBank | None = None
         self.accumulator = PrototypeAccumulator(options.prototype_mean)
         self._pending: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -66,7 +67,7 @@ class PrototypeAlignment(ClientHook):
 
     def extra_losses(self, module: Any, batch: Any, output: Any) -> dict[str, torch.Tensor]:
         _, masks = batch
-        last_epoch = module.current_epoch == self.local_epochs - 1
+        last_epoch = self.collect and module.current_epoch == self.local_epochs - 1
         if self.global_bank is None and not last_epoch:
             return {}
         descriptors = getattr(module.backbone, DESCRIPTORS)(output)
@@ -110,7 +111,7 @@ class PrototypeAlignment(ClientHook):
         self._pending = None
 
     def on_fit_end(self, module: Any) -> dict[str, Any]:
-        return {"prototypes": self.accumulator.bank().to_dict()}
+        return {"prototypes": self.accumulator.bank().to_dict()} if self.collect else {}
 
 
 class FedBCS(FedAvg):
@@ -136,10 +137,15 @@ class FedBCS(FedAvg):
         #: descriptor width per prototype level and the class count, known once a backbone
         #: is configured; uploads are checked against them
         self.prototype_shape: tuple[dict[str, int], int] | None = None
+        #: whether clients reduce prototypes from their training steps; with
+        #: ``privacy.mode=sample`` a private release replaces them (privacy/hooks.py)
+        self.collect_prototypes = True
 
     @classmethod
     def from_config(cls, config) -> FedBCS:
-        return cls(config.fedbcs, config.train.local_epochs)
+        strategy = cls(config.fedbcs, config.train.local_epochs)
+        strategy.collect_prototypes = config.privacy.mode != "sample"
+        return strategy
 
     def configure_backbone(self, backbone: Any) -> Any:
         opts = self.options
@@ -189,7 +195,17 @@ class FedBCS(FedAvg):
                 raise ValueError(f"prototype {key!r}: non-finite values")
 
     def client_hooks(self) -> list[ClientHook]:
-        return [PrototypeAlignment(self.options, self.local_epochs)] if self.options.cdpa else []
+        if not self.options.cdpa:
+            return []
+        return [PrototypeAlignment(self.options, self.local_epochs, self.collect_prototypes)]
+
+    def privacy_refusal(self, mode: str) -> str | None:
+        if mode == "client" and self.options.cdpa:
+            return (
+                "uploads prototypes that the server clusters site by site, which noise on an "
+                "average cannot cover; use privacy.mode=sample (noised prototypes)"
+            )
+        return None
 
     def configure_train(
         self, server_round: int, weights: Weights, clients: list[str]

@@ -1,21 +1,30 @@
 """What differential privacy costs: test Dice against epsilon, per method.
 
-Each method trains once without privacy and once per DP-SGD noise multiplier
+Each method trains once without privacy, once without privacy but with GroupNorm in
+place of BatchNorm (as private training has it: so that the table separates what the
+noise costs from what the normalisation changes), and once per DP-SGD noise multiplier
 (``privacy.mode=sample``: per-image clipping and noise at every site, noised prototypes
-for FedBCS), for a fixed number of rounds, on every seed. Reported: the epsilon the run
+for FedBCS), for a fixed number of rounds, on every seed. A method may carry settings of
+its own: ``fedbcs:fedbcs.weight=0.1``. Reported: the epsilon the run
 spent (delta = 1e-5 by default, the largest over sites, from the sites' Opacus
 accountants), the mean over sites of test Dice of the model selected on validation and
 of the last round (mean ± std over seeds), and the paired change against the same
 method without privacy. Writes ``privacy-<dataset>.md``, ``.json`` and ``.png`` (Dice
 against epsilon) to ``--out``.
 
-    python benchmarks/privacy.py --dataset synthetic --images-per-site 120 --seeds 0 1
+    python benchmarks/privacy.py --dataset synthetic --images-per-site 400 --seeds 0 1 \
+        --methods fedavg fedbcs fedbcs:fedbcs.weight=0.1
     python benchmarks/privacy.py --dataset nuclei --data-root ../shared/datasets/nuclei
     python benchmarks/privacy.py --quick        # 32x32, 2 rounds, one noise level
+
+``--reuse`` keeps the runs of an earlier invocation with the same settings (the JSON in
+``--out``) and trains only the missing ones: add a noise level without training the
+others again.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import tempfile
@@ -30,12 +39,17 @@ from fedbcs_lightning.evaluation.metrics import mean_over_sites
 from fedbcs_lightning.io import atomic_write_json, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
+NOISE_NAMES = {0.0: "off", -1.0: "off, GroupNorm"}
 
 
-def run(method: str, noise: float, seed: int, args) -> dict:
+GROUPNORM = -1.0  # the noise column's value of the non-private GroupNorm runs
+
+
+def run(label: str, noise: float, seed: int, args) -> dict:
+    method, _, own = label.partition(":")
     options = {
         "data": {"name": args.dataset, "image_size": args.image_size, "crops_per_image": 1},
-        "model": {"width": args.width},
+        "model": {"width": args.width, "norm": "group" if noise == GROUPNORM else "batch"},
         "train": {"method": method, "rounds": args.rounds},
         "run": {"seed": seed, "eval_every": args.eval_every, "checkpoint_every": args.rounds},
         "privacy": {"delta": args.delta},
@@ -50,14 +64,14 @@ def run(method: str, noise: float, seed: int, args) -> dict:
             noise_multiplier=noise,
             prototype_noise_multiplier=args.prototype_noise,
         )
-    config = resolve(overrides=args.set, options=options)
+    config = resolve(overrides=[*args.set, *filter(None, own.split(","))], options=options)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         result = fit(config, run_dir=tmp, progress=False).result
         seconds = time.perf_counter() - started
     spent = [m.get("privacy/epsilon", 0.0) for m in result.history[-1]["train"].values()]
     return {
-        "method": method,
+        "method": label,
         "noise": noise,
         "seed": seed,
         "epsilon": max(spent) if noise > 0 else math.inf,
@@ -68,7 +82,7 @@ def run(method: str, noise: float, seed: int, args) -> dict:
 
 
 def paired(rows: list[dict], baseline: list[dict], kind: str) -> str:
-    """Mean (and range) over seeds of the change against the non-private run."""
+    """Mean (and range) over seeds of the change against a non-private run."""
     base = {r["seed"]: r[kind] for r in baseline}
     diffs = [100 * (r[kind] - base[r["seed"]]) for r in rows if r["seed"] in base]
     if not diffs:
@@ -82,19 +96,22 @@ def table(rows: list[dict]) -> str:
     out = []
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
-        baseline = [r for r in mine if r["noise"] == 0]
+        batchnorm = [r for r in mine if r["noise"] == 0]
+        groupnorm = [r for r in mine if r["noise"] == GROUPNORM]
         for noise in sorted({r["noise"] for r in mine}):
             group = [r for r in mine if r["noise"] == noise]
             eps = max(r["epsilon"] for r in group)
+            private = noise > 0
             out.append(
                 [
                     method,
-                    "off" if noise == 0 else f"{noise:g}",
+                    NOISE_NAMES.get(noise, f"{noise:g}"),
                     "∞" if math.isinf(eps) else f"{eps:.2f}",
                     mean_std([r["selected"] for r in group]),
                     mean_std([r["last"] for r in group]),
-                    "" if noise == 0 else paired(group, baseline, "selected"),
-                    "" if noise == 0 else paired(group, baseline, "last"),
+                    paired(group, batchnorm, "selected") if private else "",
+                    paired(group, groupnorm, "selected") if private else "",
+                    paired(group, groupnorm, "last") if private else "",
                     f"{statistics.median(r['seconds'] for r in group):.0f}",
                 ]
             )
@@ -104,8 +121,9 @@ def table(rows: list[dict]) -> str:
         "epsilon (max over sites)",
         "test Dice, selected",
         "test Dice, last round",
-        "Δ selected (points)",
-        "Δ last (points)",
+        "Δ selected vs off (points)",
+        "Δ selected vs off, GroupNorm",
+        "Δ last vs off, GroupNorm",
         "s per run",
     ]
     return markdown_table(headers, out)
@@ -124,13 +142,13 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         eps = [max(r["epsilon"] for r in mine if r["noise"] == n) for n in private]
         dice = [statistics.mean(r["selected"] for r in mine if r["noise"] == n) for n in private]
         (line,) = ax.plot(eps, dice, "o-", label=method)
-        base = [r["selected"] for r in mine if r["noise"] == 0]
+        base = [r["selected"] for r in mine if r["noise"] == GROUPNORM]
         if base:
             ax.axhline(statistics.mean(base), color=line.get_color(), ls="--", lw=1)
     ax.set_xlabel("epsilon (delta = 1e-5), whole run")
     ax.set_ylabel("mean test Dice (selected on validation)")
     ax.set_title(title)
-    ax.legend(title="dashed: no privacy")
+    ax.legend(title="dashed: no privacy (GroupNorm)")
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=120)
@@ -153,6 +171,7 @@ def main() -> None:
     p.add_argument("--delta", type=float, default=1e-5)
     p.add_argument("--set", action="append", default=[], help="KEY=VALUE config override")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--reuse", action="store_true", help="keep earlier runs of these settings")
     args = p.parse_args()
     if args.quick:
         args.noise, args.rounds, args.images_per_site, args.seeds = [1.0], 2, 16, [0]
@@ -163,17 +182,25 @@ def main() -> None:
         args.prototype_noise = PrivacyConfig().prototype_noise_multiplier
     out = args.out or (Path(tempfile.mkdtemp(prefix="privacy-quick-")) if args.quick else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for seed in seeds:
-        for method in args.methods:
-            for noise in [0.0, *args.noise]:
-                rows.append(run(method, noise, seed, args))
-                atomic_write_json(out / f"privacy-{args.dataset}.json", {"rows": rows})
     settings = (
         f"{args.dataset}, {args.rounds} rounds, {args.image_size}x{args.image_size}, width "
         f"{args.width}, seeds {seeds}, prototype noise multiplier {args.prototype_noise:g}"
         + (f", {args.images_per_site} images per site" if args.dataset == "synthetic" else "")
     )
+    key = [settings, args.eval_every, args.delta, args.set, str(args.data_root)]
+    path = out / f"privacy-{args.dataset}.json"
+    earlier = {}
+    if args.reuse and path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            earlier = {(r["method"], r["noise"], r["seed"]): r for r in saved["rows"]}
+    rows = []
+    for seed in seeds:
+        for method in args.methods:
+            for noise in [0.0, GROUPNORM, *args.noise]:
+                found = earlier.get((method, noise, seed))
+                rows.append(found or run(method, noise, seed, args))
+                atomic_write_json(path, {"key": key, "rows": rows})
     text = f"Privacy cost on {settings}\n\n{table(rows)}"
     atomic_write_text(out / f"privacy-{args.dataset}.md", text + "\n")
     plot(rows, out / f"privacy-{args.dataset}.png", f"DP-SGD on {args.dataset}")

@@ -326,3 +326,13 @@ def test_the_run_says_what_it_will_spend_and_what_it_spent(tmp_path, capsys):
     spent = run.result.history[-1]["train"]["site1"][EPSILON]
     assert f"privacy: planned epsilon at delta=1e-05 site1 {spent:.2f}" in out
     assert f"privacy: spent epsilon at delta=1e-05 site1 {spent:.2f}" in out
+
+
+def test_a_private_runs_checkpoint_is_rebuilt_with_groupnorm_and_scores(tmp_path):
+    from fedbcs_lightning.evaluation.scoring import evaluate_checkpoint
+
+    run = fit(
+        config("fedbcs", rounds=1, privacy={"mode": "sample"}), tmp_path / "run", progress=False
+    )
+    scores = evaluate_checkpoint(run.run_dir / "checkpoints" / "last.pt", split="test")
+    assert scores.sites["site1"]["dice"] == pytest.approx(run.result.test_last["site1"]["dice"])

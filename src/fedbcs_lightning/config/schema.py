@@ -49,7 +49,7 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "unet"
     width: int = 16  # base width of the reference U-Net (the paper uses 32)
-    norm: str = "batch"  # batch | batch_stateless (the reference's) | instance
+    norm: str = "batch"  # batch | batch_stateless (the reference's) | instance | group
     encoder: str = "resnet18"  # smp encoder name, for backbone smp-unet
     encoder_weights: str | None = None  # never downloaded implicitly
 
@@ -142,7 +142,7 @@ class PrivacyConfig:
     noise_multiplier: float = 1.0  # Gaussian noise std / clip bound (DP-SGD, or the server's)
     max_grad_norm: float = 1.0  # sample: per-image gradient clip (L2)
     update_clip: float = 1.0  # client: clip of each site's update ||w_site - w_global|| (L2)
-    prototype_noise_multiplier: float = 4.0  # sample: noise std / bound of prototype sums, counts
+    prototype_noise_multiplier: float = 8.0  # sample: noise std / bound of prototype sums, counts
     prototype_clip: float = 1.0  # sample: bound on one image's class-mean feature (L2)
     delta: float = 1e-5
     accountant: str = "rdp"  # Opacus accountant: rdp | prv

@@ -10,7 +10,7 @@ from typing import Any
 from fedbcs_lightning.config.schema import Config, ConfigError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-NORMS = ("batch", "batch_stateless", "instance")
+NORMS = ("batch", "batch_stateless", "instance", "group")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 AGGREGATIONS = ("mean", "median", "trimmed_mean")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -10,14 +12,17 @@ from fedbcs_lightning.models.base import BackboneOutput, SegmentationBackbone
 
 def make_norm(kind: str, channels: int) -> nn.Module:
     """``batch``; ``batch_stateless`` = the reference's BN (no affine, batch statistics
-    even in eval); ``instance``."""
+    even in eval); ``instance``; ``group`` (``gcd(32, channels)`` groups, what
+    ``privacy.mode=sample`` puts in place of BatchNorm)."""
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "batch_stateless":
         return nn.BatchNorm2d(channels, affine=False, track_running_stats=False)
     if kind == "instance":
         return nn.InstanceNorm2d(channels, affine=True)
-    raise ValueError(f"unknown norm {kind!r}; choose batch, batch_stateless or instance")
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(32, channels), channels)
+    raise ValueError(f"unknown norm {kind!r}; choose batch, batch_stateless, instance or group")
 
 
 class DoubleConv(nn.Sequential):

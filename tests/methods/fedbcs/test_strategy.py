@@ -182,3 +182,14 @@ def test_uploaded_prototypes_come_from_the_weights_the_step_used(tiny_config):
     for key, value in uploaded.items():
         assert torch.allclose(value[0], expected[key], atol=1e-5), key
     assert max(float((stale[k] - expected[k]).abs().max().detach()) for k in expected) > 1e-3
+
+
+@pytest.mark.parametrize("max_per_class", [0, 4])
+def test_a_batch_without_foreground_has_no_anchors(max_per_class):
+    from fedbcs_lightning.methods.fedbcs.strategy import sample_anchors
+
+    b, y, x = sample_anchors(torch.zeros(2, 8, 8, dtype=torch.long), max_per_class)
+    assert len(b) == len(y) == len(x) == 0
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[0, 2, 3] = 1
+    assert [t.tolist() for t in sample_anchors(labels, max_per_class)] == [[0], [2], [3]]

@@ -36,7 +36,7 @@ def sample_anchors(labels: torch.Tensor, max_per_class: int = 0):
     """Foreground pixels ``(batch, y, x)``; with ``max_per_class``, a uniform random subset
     of at most that many per class (an unbiased estimate of the per-class mean loss)."""
     b, y, x = torch.nonzero(labels != 0, as_tuple=True)
-    if max_per_class <= 0:
+    if max_per_class <= 0 or len(b) == 0:  # no foreground: no anchors
         return b, y, x
     classes = labels[b, y, x]
     keep = []

@@ -336,3 +336,13 @@ def test_a_private_runs_checkpoint_is_rebuilt_with_groupnorm_and_scores(tmp_path
     )
     scores = evaluate_checkpoint(run.run_dir / "checkpoints" / "last.pt", split="test")
     assert scores.sites["site1"]["dice"] == pytest.approx(run.result.test_last["site1"]["dice"])
+
+
+@pytest.mark.parametrize("method", ["fedprox", "moon", "fpl", "local"])
+def test_the_other_supported_methods_train_privately(tmp_path, method):
+    run = fit(
+        config(method, rounds=1, privacy={"mode": "sample"}), tmp_path / "run", progress=False
+    )
+    uploads = run.result.history[-1]["train"]
+    assert set(uploads) == {"site1", "site2"}
+    assert all(set(m) == {EPSILON, PLANNED} and m[EPSILON] > 0 for m in uploads.values())

@@ -326,6 +326,7 @@ def test_the_run_says_what_it_will_spend_and_what_it_spent(tmp_path, capsys):
     spent = run.result.history[-1]["train"]["site1"][EPSILON]
     assert f"privacy: planned epsilon at delta=1e-05 site1 {spent:.2f}" in out
     assert f"privacy: spent epsilon at delta=1e-05 site1 {spent:.2f}" in out
+    assert "round 1/2  val dice" in out  # no loss: private sites do not upload one
 
 
 def test_a_private_runs_checkpoint_is_rebuilt_with_groupnorm_and_scores(tmp_path):

@@ -207,7 +207,9 @@ class RoundProgress(FederatedCallback):
         elapsed = time.perf_counter() - self.start
         done_here = server_round - self.first_round
         eta = elapsed / done_here * (trainer.rounds - server_round)
-        losses = [m.get("loss/total", float("nan")) for m in record["train"].values()]
+        losses = [m["loss/total"] for m in record["train"].values() if "loss/total" in m]
+        # private sites upload no loss (it is a statistic of their images)
+        trained = f"train loss {sum(losses) / len(losses):.4f}  " if losses else ""
         validated = (
             f"val dice {record['val']['mean']['dice']:.4f}  "
             if "val" in record
@@ -215,8 +217,7 @@ class RoundProgress(FederatedCallback):
         )
         line = (
             f"round {server_round}/{trainer.rounds}  "
-            f"train loss {sum(losses) / max(len(losses), 1):.4f}  "
-            f"{validated}elapsed {elapsed:.0f}s  eta {eta:.0f}s"
+            f"{trained}{validated}elapsed {elapsed:.0f}s  eta {eta:.0f}s"
         )
         if self._progress:
             self._progress.advance(self._rounds)

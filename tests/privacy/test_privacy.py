@@ -146,7 +146,7 @@ def test_dp_sgd_noise_has_the_configured_scale():
 # --- client-level ---------------------------------------------------------------------
 
 
-def test_client_updates_are_clipped_before_they_leave():
+def test_client_updates_are_clipped_before_they_leave(tmp_path):
     bound = 0.05
     norms = []
 
@@ -162,10 +162,7 @@ def test_client_updates_are_clipped_before_they_leave():
             norms.append(math.sqrt(diff))
 
     cfg = config(privacy={"mode": "client", "update_clip": bound, "noise_multiplier": 0.1})
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as run_dir:
-        fit(cfg, run_dir, callbacks=[Norms()], progress=False, overwrite=True)
+    fit(cfg, tmp_path / "run", callbacks=[Norms()], progress=False)
     assert len(norms) == 4 and max(norms) <= bound * (1 + 1e-5)
     assert max(norms) > 0.9 * bound  # the unclipped updates are larger than the bound
 

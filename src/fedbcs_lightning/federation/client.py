@@ -81,7 +81,9 @@ class SegmentationClientModule(L.LightningModule):
     def compute_loss(self, output, target: torch.Tensor) -> torch.Tensor:
         return segmentation_loss(output.logits, target)
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def step_loss(self, batch) -> tuple[torch.Tensor, dict[str, float], Any]:
+        """The loss of ``batch`` (segmentation plus the hooks' terms), each term's value,
+        and the backbone's output; :class:`NonFiniteLoss` if the total is not finite."""
         images, masks = batch
         output = self.backbone.forward_features(images)
         losses = {"seg": self.compute_loss(output, masks)}
@@ -92,6 +94,10 @@ class SegmentationClientModule(L.LightningModule):
         values = {key: float(value.detach()) for key, value in losses.items()}
         if not math.isfinite(values["total"]):
             raise NonFiniteLoss(self.steps + 1, values)
+        return total, values, output
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        total, values, output = self.step_loss(batch)
         step = (self.current_epoch, batch_idx)
         if step != self._recorded_step:  # an optimiser may evaluate a batch twice
             self._recorded_step = step

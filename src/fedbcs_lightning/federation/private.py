@@ -13,11 +13,9 @@ BatchNorm, whose output mixes the images of a batch, is replaced by GroupNorm
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from fedbcs_lightning.federation.client import NonFiniteLoss, SegmentationClientModule
+from fedbcs_lightning.federation.client import SegmentationClientModule
 
 
 class PrivateSegmentationModule(SegmentationClientModule):
@@ -42,16 +40,7 @@ class PrivateSegmentationModule(SegmentationClientModule):
         ]
         sums: dict[str, float] = {}
         for i in range(len(images)):
-            sample = (images[i : i + 1], masks[i : i + 1])
-            output = self.backbone.forward_features(sample[0])
-            losses = {"seg": self.compute_loss(output, sample[1])}
-            for hook in self.hooks:
-                losses.update(hook.extra_losses(self, sample, output))
-            total = sum(losses.values())
-            losses["total"] = total
-            values = {key: float(value.detach()) for key, value in losses.items()}
-            if not math.isfinite(values["total"]):
-                raise NonFiniteLoss(self.steps + 1, values)
+            total, values, _ = self.step_loss((images[i : i + 1], masks[i : i + 1]))
             grads = torch.autograd.grad(total, params, allow_unused=True)
             for store, grad in zip(per_image, grads, strict=True):
                 if grad is not None:

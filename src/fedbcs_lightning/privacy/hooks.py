@@ -83,8 +83,8 @@ class SamplePrivacy(ClientHook):
     def on_fit_end(self, module: Any) -> dict[str, Any]:
         from fedbcs_lightning.methods.fedbcs.strategy import DESCRIPTORS
 
-        for sigma, rate, steps in self.round_releases(module.steps)[:1]:
-            self.ledger.record(sigma, rate, steps)
+        training, *prototypes = self.round_releases(module.steps)
+        self.ledger.record(*training)
         if not self.uploads_prototypes:
             return {}
         bank = release_prototypes(
@@ -95,8 +95,8 @@ class SamplePrivacy(ClientHook):
             noise_multiplier=self.options.prototype_noise_multiplier,
             generator=self.noise,
         )
-        for sigma, rate, steps in self.round_releases()[1:]:
-            self.ledger.record(sigma, rate, steps)
+        for release in prototypes:
+            self.ledger.record(*release)
         return {"prototypes": bank.to_dict()}
 
     def before_upload(self, update: ClientUpdate) -> ClientUpdate:

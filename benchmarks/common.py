@@ -39,3 +39,17 @@ def emit(args: argparse.Namespace, result: dict, tables: Sequence[str]) -> None:
         sys.stdout.write("\n")
     else:
         print("\n\n".join(tables))
+
+
+def bootstrap_interval(
+    values: Sequence[float], confidence: float = 0.95, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (seeded, so a table is
+    reproducible); both ends equal the value when there is one."""
+    import numpy as np
+
+    data = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), size=(resamples, len(data)))].mean(axis=1)
+    tail = (1 - confidence) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))

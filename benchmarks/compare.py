@@ -1,19 +1,26 @@
-"""Compare federated methods on one data set: per-site test Dice, a table and a plot.
+r"""Compare federated methods on one data set: per-site test Dice, a table and a plot.
 
 Every method trains the same federation (same data, splits, initial weights and
 hyper-parameters per seed). Reported per site: test Dice (mean over the data set's
 regions) of the model selected on validation and of the last round, mean ± std over
-seeds, and the mean over sites. Writes ``compare-<dataset>.md`` (the table),
-``compare-<dataset>.png`` (validation curves and test Dice per method) and
-``compare-<dataset>.json`` (every number, rewritten after each run) to ``--out``.
+seeds, and the mean over sites; and each method's paired difference to FedAvg per seed
+with a bootstrap 95% interval. With ``--folds K`` each seed is K runs (K-fold
+cross-validation over each site's images, or its patients/slides with
+``data.group_pattern``) and a site's test Dice is pooled over its K test folds.
+Writes ``compare-<dataset>.md`` (the tables), ``compare-<dataset>.png`` (validation
+curves and test Dice per method) and ``compare-<dataset>.json`` (every number, rewritten
+after each run) to ``--out``.
 
     python benchmarks/compare.py --dataset synthetic --seeds 0 1 2
     python benchmarks/compare.py --dataset nuclei --data-root ../shared/datasets/nuclei
+    python benchmarks/compare.py --dataset nuclei --folds 5 --seeds 0 1 2 \
+        --set 'data.group_pattern=^(\d+(?=_)|.+)'   # TNBC's slides; other files alone
     python benchmarks/compare.py --quick       # 32x32, 2 rounds, seed 0, 3 methods
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import sys
@@ -21,19 +28,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import emit, markdown_table, mean_std, parser
+from common import bootstrap_interval, emit, markdown_table, mean_std, parser
 
 from fedbcs_lightning.api import fit
 from fedbcs_lightning.catalog import METHODS
 from fedbcs_lightning.config import parse_override, resolve
-from fedbcs_lightning.evaluation.metrics import mean_over_sites
 from fedbcs_lightning.evaluation.scoring import evaluate_checkpoint
 from fedbcs_lightning.io import atomic_write_json, atomic_write_text
 
 ORDER = ["local", "fedavg", "fedprox", "fedbn", "moon", "harmofl", "fpl", "fedbcs", "pooled"]
 
 
-def run_method(method: str, seed: int, args) -> dict:
+def run_once(method: str, seed: int, fold: int | None, args) -> dict:
+    """One training run (one fold when ``fold`` is set): per-site test Dice and images."""
     options = {
         "data": {"name": args.dataset, "image_size": args.image_size},
         "model": {"width": args.width},
@@ -44,11 +51,14 @@ def run_method(method: str, seed: int, args) -> dict:
         options["data"]["root"] = str(args.data_root)
     if args.leave_out:
         options["data"]["leave_out"] = [args.leave_out]
+    if fold is not None:
+        options["data"].update(folds=args.folds, fold=fold)
     config = resolve(overrides=args.set, options=options)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         result = fit(config, run_dir=tmp, progress=False).result
         seconds = time.perf_counter() - started
+        splits = json.loads((Path(tmp) / "splits.json").read_text())
         unseen = {}
         if args.leave_out:  # every image of the site no training used
             for kind, name in (("selected", "selected.pt"), ("last", "last.pt")):
@@ -56,22 +66,41 @@ def run_method(method: str, seed: int, args) -> dict:
                     Path(tmp) / "checkpoints" / name, split="all", site=args.leave_out
                 )
                 unseen[kind] = scores.sites[args.leave_out]["dice"]
-    selected = {s: m["dice"] for s, m in result.test_selected.items()}
-    last = {s: m["dice"] for s, m in result.test_last.items()}
-    if unseen:
-        selected[f"{args.leave_out} (unseen)"] = unseen["selected"]
-        last[f"{args.leave_out} (unseen)"] = unseen["last"]
     return {
-        "selected": selected,
-        "last": last,
-        "mean_selected": mean_over_sites(result.test_selected)["dice"],
-        "mean_last": mean_over_sites(result.test_last)["dice"],
+        "selected": {s: m["dice"] for s, m in result.test_selected.items()},
+        "last": {s: m["dice"] for s, m in result.test_last.items()},
+        "test_images": {s: len(parts["test"]) for s, parts in splits.items()},
+        "unseen": unseen,
         "best_round": result.best_round,
         "val_curve": [
             r.get("val", {}).get("mean", {}).get("dice", math.nan) for r in result.history
         ],
         "seconds": seconds,
     }
+
+
+def run_method(method: str, seed: int, args) -> dict:
+    """One seed of ``method``: one run, or with ``--folds`` k one run per fold with each
+    site's test Dice pooled over the folds (every image scored once, as a mean over
+    images), the unseen site's averaged over the folds' models."""
+    runs = [run_once(method, seed, f, args) for f in (range(args.folds) if args.folds else [None])]
+    out: dict = {"folds": len(runs) if args.folds else 0}
+    for kind in ("selected", "last"):
+        pooled = {
+            site: sum(r[kind][site] * r["test_images"][site] for r in runs)
+            / sum(r["test_images"][site] for r in runs)
+            for site in runs[0][kind]
+        }
+        out[f"mean_{kind}"] = statistics.mean(pooled.values())
+        if args.leave_out:
+            pooled[f"{args.leave_out} (unseen)"] = statistics.mean(r["unseen"][kind] for r in runs)
+        out[kind] = pooled
+    out["best_round"] = [r["best_round"] for r in runs] if args.folds else runs[0]["best_round"]
+    out["val_curve"] = [
+        statistics.mean(values) for values in zip(*(r["val_curve"] for r in runs), strict=True)
+    ]
+    out["seconds"] = sum(r["seconds"] for r in runs)
+    return out
 
 
 def table(results: dict[str, list[dict]]) -> str:
@@ -94,6 +123,41 @@ def table(results: dict[str, list[dict]]) -> str:
     return markdown_table(headers, rows)
 
 
+def _score(run: dict, kind: str, site: str | None) -> float:
+    """A seed's test Dice of one site, or the mean over the sites trained on (``None``)."""
+    return run[f"mean_{kind}"] if site is None else run[kind][site]
+
+
+def paired(results: dict[str, list[dict]], base: str = "fedavg") -> str:
+    """Each method minus ``base``, seed by seed (same data, splits and initial weights),
+    in Dice points: the mean over seeds with a bootstrap 95% interval, and in how many
+    seeds the method is ahead; per site and for the mean over the sites trained on."""
+    reference = results[base]
+    sites = list(reference[0]["selected"])
+    rows = []
+    for method, runs in results.items():
+        if method == base:
+            continue
+        for kind in ("selected", "last"):
+            cells = []
+            for column in [*sites, None]:
+                diffs = [
+                    100 * (_score(r, kind, column) - _score(b, kind, column))
+                    for r, b in zip(runs, reference, strict=True)
+                ]
+                low, high = bootstrap_interval(diffs)
+                ahead = sum(d > 0 for d in diffs)
+                cells.append(
+                    f"{statistics.mean(diffs):+.1f} [{low:+.1f}, {high:+.1f}] {ahead}/{len(diffs)}"
+                )
+            rows.append([method, kind, *cells])
+    headers = ["method", "model", *sites, "mean over sites"]
+    return (
+        f"paired difference to {base} (points; mean over seeds [bootstrap 95% interval] "
+        f"seeds ahead)\n\n" + markdown_table(headers, rows)
+    )
+
+
 def curves(results: dict[str, list[dict]]) -> str:
     """Mean validation Dice (mean over sites and seeds) after each round, per method."""
     rows = []
@@ -106,8 +170,9 @@ def curves(results: dict[str, list[dict]]) -> str:
 
 def report(header: str, results: dict[str, list[dict]]) -> str:
     """The markdown the script prints and writes: header, table, orderings, curves."""
+    pairs = f"{paired(results)}\n\n" if "fedavg" in results and len(results) > 1 else ""
     return (
-        f"{header}\n\n{table(results)}\n\n"
+        f"{header}\n\n{table(results)}\n\n{pairs}"
         f"ordering (selected on validation): {ordering(results)}\n\n"
         f"ordering (last round): {ordering(results, 'last')}\n\n"
         f"{curves(results)}"
@@ -183,6 +248,14 @@ def main() -> None:
         "the mean over sites stays the mean over the sites trained on",
     )
     p.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        metavar="K",
+        help="K-fold cross-validation: K runs per method and seed, fold k the test split "
+        "(data.folds, data.fold), each site's test Dice pooled over the folds",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -201,8 +274,12 @@ def main() -> None:
     methods = args.methods or (["fedavg", "fpl", "fedbcs"] if args.quick else known)
     for method in methods:
         METHODS.check(method)
+    if args.folds == 1 or args.folds < 0:
+        p.error("--folds: 0 (one split) or at least 2")
     stem = args.out / (
-        f"compare-{args.dataset}" + (f"-without-{args.leave_out}" if args.leave_out else "")
+        f"compare-{args.dataset}"
+        + (f"-{args.folds}fold" if args.folds else "")
+        + (f"-without-{args.leave_out}" if args.leave_out else "")
     )
     results: dict[str, list[dict]] = {}
     for method in methods:
@@ -212,6 +289,7 @@ def main() -> None:
     header = (
         f"{args.dataset}, {args.image_size}x{args.image_size}, U-Net width {args.width}, "
         f"{args.rounds} rounds x 1 local epoch, seeds {seeds}"
+        + (f", {args.folds}-fold cross-validation (Dice pooled over folds)" if args.folds else "")
         + (f", {args.leave_out} left out of training" if args.leave_out else "")
         + (f", overrides {args.set}" if args.set else "")
         + "; test Dice (mean over regions) per site, mean ± std over seeds"

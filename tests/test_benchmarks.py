@@ -52,6 +52,47 @@ def test_table_ordering_and_plot(compare, tmp_path):
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_paired_differences_to_fedavg_per_seed_with_an_interval(compare):
+    results = {
+        "fedavg": [_run(0.5, 0.7, 0.6), _run(0.3, 0.5, 0.4)],
+        "fedbcs": [_run(0.8, 0.6, 0.7), _run(0.6, 0.8, 0.7)],
+    }
+    table = compare.paired(results).splitlines()
+    assert table[2].startswith("| method | model | s1 | s2 | mean over sites |")
+    # seed 0: +10 points, seed 1: +30; s1: +30 both seeds; s2: -10 then +30
+    assert table[4] == (
+        "| fedbcs | selected | +30.0 [+30.0, +30.0] 2/2 | +10.0 [-10.0, +30.0] 1/2 | "
+        "+20.0 [+10.0, +30.0] 2/2 |"
+    )
+    assert compare.paired(results) in compare.report("header", results)
+    assert "paired" not in compare.report("header", {"fedbcs": results["fedbcs"]})
+
+
+def test_folds_pool_each_sites_dice_over_its_test_images(compare, monkeypatch):
+    import argparse
+
+    def fake_run(method, seed, fold, args):
+        dice = [0.2, 0.8][fold]
+        return {
+            "selected": {"s1": dice, "s2": 0.5},
+            "last": {"s1": dice, "s2": 0.5},
+            "test_images": {"s1": [1, 3][fold], "s2": 2},
+            "unseen": {"selected": dice, "last": dice},
+            "best_round": fold + 1,
+            "val_curve": [dice, 1.0],
+            "seconds": 2.0,
+        }
+
+    monkeypatch.setattr(compare, "run_once", fake_run)
+    args = argparse.Namespace(folds=2, leave_out="s3")
+    run = compare.run_method("fedavg", 0, args)
+    assert run["selected"]["s1"] == pytest.approx((0.2 * 1 + 0.8 * 3) / 4)  # per image
+    assert run["selected"]["s3 (unseen)"] == pytest.approx(0.5)  # mean over fold models
+    assert run["mean_selected"] == pytest.approx((0.65 + 0.5) / 2)  # sites trained on only
+    assert run["best_round"] == [1, 2] and run["folds"] == 2 and run["seconds"] == 4.0
+    assert run["val_curve"] == pytest.approx([0.5, 1.0])
+
+
 def test_smoke_runs_never_write_into_the_committed_results(compare, tmp_path):
     assert compare.output_folder(None, quick=False) == BENCHMARKS / "results"
     smoke = compare.output_folder(None, quick=True)
@@ -81,14 +122,14 @@ def test_eval_cost_quick_prints_both_ways_for_every_site():
         assert 0 <= site["dice_whole"] <= 1 and 0 <= site["dice_windows"] <= 1
 
 
-def test_compare_quick_leave_out_reports_the_unseen_site(tmp_path):
+def test_compare_quick_folds_and_leave_out_report_the_unseen_site(tmp_path):
     import json
     import os
     import subprocess
 
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
     command = [sys.executable, "compare.py", "--quick", "--methods", "fedavg"]
-    command += ["--leave-out", "site4", "--out", str(tmp_path), "--json"]
+    command += ["--leave-out", "site4", "--folds", "2", "--out", str(tmp_path), "--json"]
     done = subprocess.run(
         command, cwd=BENCHMARKS, env=env, capture_output=True, text=True, timeout=600
     )
@@ -96,7 +137,8 @@ def test_compare_quick_leave_out_reports_the_unseen_site(tmp_path):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     (run,) = result["results"]["fedavg"]
     assert set(run["selected"]) == {"site1", "site2", "site3", "site4 (unseen)"}
-    assert (tmp_path / "compare-synthetic-without-site4.md").is_file()
+    assert run["folds"] == 2 and len(run["best_round"]) == 2
+    assert (tmp_path / "compare-synthetic-2fold-without-site4.md").is_file()
 
 
 @pytest.mark.skipif(

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedbcs_lightning.config import Config, ConfigError, from_dict, merge, save
-from fedbcs_lightning.data import FederatedData, load_dataset, make_splits
+from fedbcs_lightning.data import FederatedData, config_splits, load_dataset
 from fedbcs_lightning.federation.updates import FederationStopped
 from fedbcs_lightning.io import atomic_write_json, load_checkpoint
 from fedbcs_lightning.rundir import check_new_run_dir, clear_run_files, lock_run_dir
@@ -253,7 +253,7 @@ def _finished(run_dir: Path, done: int) -> bool:
 
 def _data(config: Config) -> tuple[FederatedData, dict]:
     data = load_dataset(config)
-    splits = make_splits(data, config.data.val_fraction, config.data.test_fraction, config.run.seed)
+    splits = config_splits(data, config)
     return data, splits
 
 

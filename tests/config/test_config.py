@@ -40,6 +40,9 @@ def test_builtin_preset_by_name():
         ({"data": {"val_fraction": 0.7}}, "data.val_fraction: must lie in"),
         ({"data": {"augment": "maybe"}}, "data.augment: expected true or false"),
         ({"nope": {}}, "unknown config key 'nope'"),
+        ({"data": {"folds": 1}}, "data.folds: 0 .* or at least 2, got 1"),
+        ({"data": {"folds": 5, "fold": 5}}, r"data.fold: must lie in 0..4 with data.folds=5"),
+        ({"data": {"fold": 1}}, r"data.fold: must lie in 0..0 with data.folds=0"),
     ],
 )
 def test_bad_values_name_the_key(updates, message):

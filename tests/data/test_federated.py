@@ -32,6 +32,52 @@ def test_splits_are_disjoint_complete_and_seeded():
         assert sorted(joined) == list(range(len(site)))
 
 
+@pytest.mark.parametrize("folds", [2, 5])
+def test_folds_test_every_image_once_and_keep_validation_out_of_test(folds):
+    data = FederatedData("toy", [_site("a", n=23), _site("b", n=11)], ["bg", "fg"])
+    for site in data.sites:
+        tests = []
+        for fold in range(folds):
+            parts = make_splits(data, 0.2, 0.2, seed=1, folds=folds, fold=fold)[site.name]
+            assert sorted(parts["train"] + parts["val"] + parts["test"]) == list(range(len(site)))
+            assert len(parts["val"]) == round(0.2 * len(site))
+            tests.append(parts["test"])
+        assert sorted(i for t in tests for i in t) == list(range(len(site)))
+        sizes = [len(t) for t in tests]
+        assert max(sizes) - min(sizes) <= 1
+    assert make_splits(data, 0.2, 0.2, 1, folds=folds) != make_splits(
+        data, 0.2, 0.2, 2, folds=folds
+    )
+
+
+def test_folds_keep_groups_together_and_balance_images():
+    site = _site("slides", n=30)
+    site.groups = [f"s{i}" for i in [0] * 8 + [1] * 6 + [2] * 5 + [3] * 4 + [4] * 4 + [5] * 3]
+    data = FederatedData("toy", [site], ["bg", "fg"])
+    seen = []
+    for fold in range(3):
+        parts = make_splits(data, 0.2, 0.2, seed=0, folds=3, fold=fold)["slides"]
+        of = {name: {site.groups[i] for i in parts[name]} for name in ("train", "val", "test")}
+        assert not (of["train"] & of["val"] or of["train"] & of["test"] or of["val"] & of["test"])
+        seen.append(len(parts["test"]))
+    assert sum(seen) == 30 and max(seen) - min(seen) <= 2  # 10 images per fold, within a group
+
+
+def test_folds_pool_a_published_test_split():
+    site = _site("pub", n=12)
+    site.fixed_test = [9, 10, 11]
+    data = FederatedData("toy", [site], ["bg", "fg"])
+    assert make_splits(data, 0.2, 0.2, seed=0)["pub"]["test"] == [9, 10, 11]
+    tests = [make_splits(data, 0.2, 0.2, 0, folds=4, fold=k)["pub"]["test"] for k in range(4)]
+    assert sorted(i for t in tests for i in t) == list(range(12))
+
+
+def test_more_folds_than_images_is_a_clear_error():
+    data = FederatedData("toy", [_site("few", n=4)], ["bg", "fg"])
+    with pytest.raises(ValueError, match="site 'few' has 4 images: too few for data.folds=5"):
+        make_splits(data, 0.2, 0.2, seed=0, folds=5)
+
+
 def test_too_small_site_is_a_clear_error():
     data = FederatedData("toy", [_site("tiny", n=2)], ["bg", "fg"])
     with pytest.raises(ValueError, match="site 'tiny' has 2 images"):

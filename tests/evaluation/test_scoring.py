@@ -84,3 +84,28 @@ def test_a_site_left_out_of_training_is_scored_on_every_image(tmp_path):
         evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", site="site2")
     with pytest.raises(DataError, match=r"data.leave_out: data set .* has no site\(s\) site9"):
         load_dataset(resolve(options={"data": {"leave_out": ["site9"]}}))
+
+
+def test_a_fold_run_tests_its_fold_and_evaluate_finds_it_without_splits_json(tmp_path):
+    from fedbcs_lightning.api import fit
+    from fedbcs_lightning.config import resolve
+    from fedbcs_lightning.data import load_dataset, make_splits
+
+    config = resolve(
+        options={
+            "data": {"image_size": 32, "synthetic": {"sites": 2, "images_per_site": 10}},
+            "model": {"width": 4},
+            "train": {"rounds": 1, "batch_size": 4},
+            "run": {"log_images": 0},
+        },
+        overrides=["data.folds=3", "data.fold=2"],
+    )
+    run = fit(config, run_dir=tmp_path / "run", progress=False)
+    recorded = json.loads((tmp_path / "run" / "splits.json").read_text())
+    assert recorded == make_splits(load_dataset(config), 0.2, 0.2, 0, folds=3, fold=2)
+    copy = tmp_path / "last.pt"
+    copy.write_bytes((tmp_path / "run" / "checkpoints" / "last.pt").read_bytes())
+    result = evaluate_checkpoint(copy)
+    assert result.splits_source == "seeded split (seed 0, fold 2 of 3)"
+    for site, scores in run.result.test_last.items():
+        assert same(result.sites[site]["dice"], scores["dice"])

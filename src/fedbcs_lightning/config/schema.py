@@ -42,6 +42,8 @@ class DataConfig:
     train_foreground_only: bool | None = None  # None: the data set's default
     val_fraction: float = 0.2
     test_fraction: float = 0.2
+    folds: int = 0  # k >= 2: k-fold cross-validation over images/groups (0 = one seeded split)
+    fold: int = 0  # with folds: which fold is the test split (0 .. folds-1)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

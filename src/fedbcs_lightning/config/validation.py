@@ -74,6 +74,13 @@ def validate(config: Config) -> None:
         value = _get(config, key)
         if not 0.0 < value < 0.5:
             raise ConfigError(f"{key}: must lie in (0, 0.5), got {value}")
+    folds, fold = config.data.folds, config.data.fold
+    if folds == 1 or folds < 0:
+        raise ConfigError(f"data.folds: 0 (one seeded split) or at least 2, got {folds}")
+    if not 0 <= fold < max(folds, 1):
+        raise ConfigError(
+            f"data.fold: must lie in 0..{max(folds, 1) - 1} with data.folds={folds}, got {fold}"
+        )
     if config.data.image_size % 16:
         raise ConfigError(
             f"data.image_size: must be a multiple of 16 (the U-Net halves it 4 times), "

@@ -12,6 +12,7 @@ from fedbcs_lightning.data.federated import (
     SegmentationDataset,
     Site,
     build_augmentation,
+    config_splits,
     make_loader,
     make_splits,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "Site",
     "build_augmentation",
     "check_data",
+    "config_splits",
     "load_dataset",
     "make_loader",
     "make_splits",

@@ -22,9 +22,9 @@ from fedbcs_lightning.data import (
     DataError,
     FederatedData,
     SegmentationDataset,
+    config_splits,
     load_dataset,
     make_loader,
-    make_splits,
 )
 from fedbcs_lightning.evaluation.checkpoints import (
     ModelInfo,
@@ -217,10 +217,12 @@ def evaluate_checkpoint(
     elif recorded:
         splits, source = recorded
     else:
-        splits = make_splits(
-            data, config.data.val_fraction, config.data.test_fraction, config.run.seed
+        splits = config_splits(data, config)
+        source = (
+            f"seeded split (seed {config.run.seed}"
+            + (f", fold {config.data.fold} of {config.data.folds}" if config.data.folds else "")
+            + ")"
         )
-        source = f"seeded split (seed {config.run.seed})"
     per_site_weights = bool(per_site_models(checkpoint["state_dict"]))
     shared = None if per_site_weights else model_from_checkpoint(checkpoint, info)
     window = config.data.image_size if data.whole_images else None

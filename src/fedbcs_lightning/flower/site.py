@@ -108,7 +108,7 @@ class Site:
     def data(self, config: Config):
         """This site's data: the data set as ``config`` names it, read from ``data-root``,
         narrowed to this site."""
-        from fedbcs_lightning.data import load_dataset, make_splits
+        from fedbcs_lightning.data import config_splits, load_dataset
 
         data = load_dataset(config)
         names = [s.name for s in data.sites]
@@ -119,9 +119,7 @@ class Site:
                 f"{', '.join(names)}. Start the site with the name of its folder (--site)"
             )
         data = data.without([n for n in names if n != self.name])
-        splits = make_splits(
-            data, config.data.val_fraction, config.data.test_fraction, config.run.seed
-        )
+        splits = config_splits(data, config)
         return data, splits
 
     def describe(self, config: Config) -> dict[str, Any]:

@@ -262,6 +262,14 @@ def main() -> None:
         help="folder for the table, JSON and plot (default benchmarks/results; with --quick "
         "a temporary folder, so that a smoke run never replaces the committed results)",
     )
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="no training: write the table and plot of an earlier run's JSON beside it, from "
+        "the seeds every method finished (a stopped run); give the run's other options too",
+    )
     args = p.parse_args()
     args.out = output_folder(args.out, args.quick)
     for override in args.set:
@@ -281,11 +289,18 @@ def main() -> None:
         + (f"-{args.folds}fold" if args.folds else "")
         + (f"-without-{args.leave_out}" if args.leave_out else "")
     )
-    results: dict[str, list[dict]] = {}
-    for method in methods:
-        for seed in seeds:
-            results.setdefault(method, []).append(run_method(method, seed, args))
-            atomic_write_json(stem.with_suffix(".json"), {"seeds": seeds, "results": results})
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        results = saved["results"]
+        done = min(len(runs) for runs in results.values())  # seeds every method finished
+        seeds, stem = saved["seeds"][:done], args.from_json.with_suffix("")
+        results = {method: runs[:done] for method, runs in results.items()}
+    else:
+        results = {method: [] for method in methods}
+        for seed in seeds:  # every method of a seed before the next: a stopped run stays paired
+            for method in methods:
+                results[method].append(run_method(method, seed, args))
+                atomic_write_json(stem.with_suffix(".json"), {"seeds": seeds, "results": results})
     header = (
         f"{args.dataset}, {args.image_size}x{args.image_size}, U-Net width {args.width}, "
         f"{args.rounds} rounds x 1 local epoch, seeds {seeds}"

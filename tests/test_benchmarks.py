@@ -93,6 +93,29 @@ def test_folds_pool_each_sites_dice_over_its_test_images(compare, monkeypatch):
     assert run["val_curve"] == pytest.approx([0.5, 1.0])
 
 
+def test_from_json_renders_the_seeds_every_method_finished(tmp_path):
+    import json
+    import os
+    import subprocess
+
+    saved = tmp_path / "compare-synthetic.json"
+    runs = {"fedavg": [_run(0.5, 0.7, 0.6), _run(0.3, 0.5, 0.4)], "fedbcs": [_run(0.8, 0.6, 0.7)]}
+    saved.write_text(json.dumps({"seeds": [0, 1], "results": runs}))
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    done = subprocess.run(
+        [sys.executable, "compare.py", "--from-json", str(saved)],
+        cwd=BENCHMARKS,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    table = (tmp_path / "compare-synthetic.md").read_text()
+    assert "seeds [0]" in table and "| +10.0 [+10.0, +10.0] 1/1 |\n" in done.stdout
+    assert (tmp_path / "compare-synthetic.png").is_file()
+
+
 def test_smoke_runs_never_write_into_the_committed_results(compare, tmp_path):
     assert compare.output_folder(None, quick=False) == BENCHMARKS / "results"
     smoke = compare.output_folder(None, quick=True)

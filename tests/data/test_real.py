@@ -101,6 +101,14 @@ def test_prostate_volumes_are_2p5d_slices_split_by_case(tmp_path):
     case_of = {split: {site.groups[i] for i in idx} for split, idx in splits.items()}
     assert not (case_of["train"] & case_of["test"]) and not (case_of["val"] & case_of["test"])
     assert len(case_of["test"]) == 1
+    from fedbcs_lightning.federation.build import site_loaders
+
+    loaders = site_loaders(_cfg("prostate", tmp_path), data, site, splits, seed=0)
+    assert data.case_dice and loaders["test"].dataset.cases == [
+        site.groups[i] for i in splits["test"]
+    ]
+    off = _cfg("prostate", tmp_path, case_dice=False)
+    assert site_loaders(off, data, site, splits, seed=0)["test"].dataset.cases is None
 
 
 def test_prostate_slice_pngs_invert_the_mask(tmp_path):
@@ -242,6 +250,15 @@ def test_cache_round_trip_atomic_and_checked(tmp_path, monkeypatch):
         read_cache(out, "fundus", 64)
     with pytest.raises(DataError, match="holds data set 'fundus', not 'prostate'"):
         read_cache(out, "prostate")
+    assert not again.case_dice
+    data.case_dice = True  # what the data set says about scoring travels with the cache
+    write_cache(data, out, image_size=32)
+    assert read_cache(out).case_dice
+    with h5py.File(out, "r+") as f:  # a cache of an older format is refused, not misread
+        f.attrs["manifest"] = f.attrs["manifest"].replace('"format": 2', '"format": 1')
+    with pytest.raises(DataError, match="cache format 1, this version reads format 2"):
+        read_cache(out)
+    data.case_dice = False
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")

@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from fedbcs_lightning.evaluation.metrics import (
@@ -45,6 +46,24 @@ def test_evaluate_regions_and_mean():
     assert math.isclose(scores["dice/disc"], 1.0)
     assert math.isclose(scores["dice/cup"], 0.5)  # (1 + 0) / 2 images
     assert math.isclose(scores["dice"], 0.75)
+
+
+def test_dice_per_case_pools_the_pixels_of_a_cases_slices():
+    # case a: a large slice predicted right and an edge slice with 2 target pixels missed;
+    # case b: two slices without prostate, predicted empty
+    target = torch.zeros(4, 8, 8, dtype=torch.long)
+    target[0, :, :4] = 1
+    target[1, 0, :2] = 1
+    pred = target.clone()
+    pred[1] = 0
+    batches = [(pred[:2, None].float(), target[:2]), (pred[2:, None].float(), target[2:])]
+    regions = {"prostate": [1]}
+    per_slice = evaluate(FixedPredictor(2), batches, regions)["dice"]
+    per_case = evaluate(FixedPredictor(2), batches, regions, cases=["a", "a", "b", "b"])["dice"]
+    assert math.isclose(per_slice, (1 + 0 + 1 + 1) / 4)
+    assert math.isclose(per_case, (2 * 32 / (32 + 34) + 1) / 2)
+    with pytest.raises(ValueError):  # one case per image
+        evaluate(FixedPredictor(2), batches, regions, cases=["a", "b"])
 
 
 def test_hd95_from_monai_on_a_known_shift():

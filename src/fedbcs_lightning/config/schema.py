@@ -40,6 +40,7 @@ class DataConfig:
     group_pattern: str | None = None  # regex on file stems; group 1 = patient/slide (one split)
     label_values: list[int] = field(default_factory=list)  # mask values -> classes 1..n (sites)
     train_foreground_only: bool | None = None  # None: the data set's default
+    case_dice: bool | None = None  # Dice per case over its slices (3-D); None: data set's default
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     folds: int = 0  # k >= 2: k-fold cross-validation over images/groups (0 = one seeded split)

@@ -13,6 +13,7 @@ from fedbcs_lightning.data.federated import (
     Site,
     build_augmentation,
     config_splits,
+    dice_by_case,
     make_loader,
     make_splits,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "build_augmentation",
     "check_data",
     "config_splits",
+    "dice_by_case",
     "load_dataset",
     "make_loader",
     "make_splits",

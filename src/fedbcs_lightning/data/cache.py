@@ -20,7 +20,7 @@ from fedbcs_lightning.data.federated import FederatedData, Site
 from fedbcs_lightning.data.readers import DataError, sha256
 from fedbcs_lightning.io import atomic_write, remove_stale_temporaries
 
-FORMAT = 1
+FORMAT = 2  # 2: the manifest says whether Dice is scored per case
 
 
 def manifest_of(data: FederatedData, image_size: int) -> dict[str, Any]:
@@ -31,6 +31,7 @@ def manifest_of(data: FederatedData, image_size: int) -> dict[str, Any]:
         "regions": data.regions,
         "whole_images": data.whole_images,
         "train_foreground_only": data.train_foreground_only,
+        "case_dice": data.case_dice,
         "image_size": image_size,
         "sites": {
             site.name: {
@@ -110,6 +111,11 @@ def read_cache(
         raise DataError(
             f"{path}: not a readable fedbcs cache ({err}); re-run `fedbcs prepare`"
         ) from None
+    if manifest.get("format") != FORMAT:
+        raise DataError(
+            f"{path}: cache format {manifest.get('format')}, this version reads format "
+            f"{FORMAT}; re-run `fedbcs prepare`"
+        )
     if name is not None and manifest["name"] != name:
         raise DataError(f"{path}: cache holds data set {manifest['name']!r}, not {name!r}")
     if (
@@ -128,4 +134,5 @@ def read_cache(
         {k: list(v) for k, v in manifest["regions"].items()},
         whole_images=manifest["whole_images"],
         train_foreground_only=manifest["train_foreground_only"],
+        case_dice=manifest["case_dice"],
     )

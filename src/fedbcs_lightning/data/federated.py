@@ -85,6 +85,8 @@ class FederatedData:
     whole_images: bool = False
     #: train only on images that contain foreground (e.g. prostate slices)
     train_foreground_only: bool = False
+    #: images are slices of a case's volume: score Dice per case over all its slices
+    case_dice: bool = False
 
     def __post_init__(self) -> None:
         if not self.regions:
@@ -216,6 +218,12 @@ def config_splits(data: FederatedData, config) -> dict[str, dict[str, list[int]]
     )
 
 
+def dice_by_case(config, data: FederatedData) -> bool:
+    """Whether Dice is scored per case over its slices (``data.case_dice``, else the
+    data set's default)."""
+    return data.case_dice if config.data.case_dice is None else config.data.case_dice
+
+
 def build_augmentation(seed: int, augment: bool = True, crop: int | None = None):
     """Random ``crop`` (padding smaller images), then, with ``augment``, geometric
     transforms on image and mask and photometric ones on the image only. ``None`` when
@@ -243,14 +251,30 @@ class SegmentationDataset:
     """A torch-style dataset over a subset of a site: float image (C, H, W), long mask.
 
     ``repeats`` visits every image that many times per epoch (several random crops of a
-    large image).
+    large image). With ``by_case`` (evaluation of slices of volumes) :attr:`cases` names
+    each item's case, so that Dice is computed per case.
     """
 
-    def __init__(self, site: Site, indices: list[int], transform=None, repeats: int = 1) -> None:
+    def __init__(
+        self,
+        site: Site,
+        indices: list[int],
+        transform=None,
+        repeats: int = 1,
+        by_case: bool = False,
+    ) -> None:
         self.site = site
         self.indices = list(indices)
         self.transform = transform
         self.repeats = repeats
+        self.by_case = by_case
+
+    @property
+    def cases(self) -> list[str] | None:
+        """The case of each item in order (``by_case`` and a site with cases), else None."""
+        if not self.by_case or self.site.groups is None:
+            return None
+        return [self.site.groups[i] for i in self.indices] * self.repeats
 
     def __len__(self) -> int:
         return len(self.indices) * self.repeats

@@ -352,4 +352,10 @@ def prostate(config) -> FederatedData:
         sites = _prostate_slices(root, config)
     else:
         raise unrecognised("prostate", root)
-    return FederatedData("prostate", sites, ["background", "prostate"], train_foreground_only=True)
+    return FederatedData(
+        "prostate",
+        sites,
+        ["background", "prostate"],
+        train_foreground_only=True,
+        case_dice=True,
+    )

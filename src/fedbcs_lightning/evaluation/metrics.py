@@ -1,7 +1,9 @@
 """Evaluation: the one function that scores a model on images, used everywhere.
 
 Dice is computed per image and region and averaged over the site's images; a region
-absent from both prediction and ground truth scores 1. The surface metrics come from
+absent from both prediction and ground truth scores 1. Where images are slices of
+volumes (prostate), Dice is computed per case over all of its slices' pixels (3-D Dice)
+and averaged over the cases, as the field reports it. The surface metrics come from
 MONAI, in pixels, and are averaged over images where both prediction and ground truth
 contain the region: HD95 (95th-percentile symmetric Hausdorff distance) and ASSD (average
 symmetric surface distance: the mean, over the boundary pixels of both masks, of the
@@ -12,20 +14,48 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 
-def dice_per_image(pred: torch.Tensor, target: torch.Tensor, labels: list[int]) -> torch.Tensor:
-    """Dice of region ``labels`` for each image of a batch of label maps ``(B, H, W)``."""
+def overlap_per_image(
+    pred: torch.Tensor, target: torch.Tensor, labels: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixels of region ``labels`` in both prediction and target, and in each of them
+    summed (``|P| + |T|``), for each image of a batch of label maps ``(B, H, W)``."""
     values = torch.tensor(labels, device=pred.device)
     p = torch.isin(pred, values).flatten(1)
     t = torch.isin(target, values).flatten(1)
-    inter = (p & t).sum(1).double()
-    total = (p.sum(1) + t.sum(1)).double()
+    return (p & t).sum(1).double(), (p.sum(1) + t.sum(1)).double()
+
+
+def dice_from_overlap(inter: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """Dice ``2 |P & T| / (|P| + |T|)``; 1 where the region is absent from both."""
     return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
+
+
+def dice_per_image(pred: torch.Tensor, target: torch.Tensor, labels: list[int]) -> torch.Tensor:
+    """Dice of region ``labels`` for each image of a batch of label maps ``(B, H, W)``."""
+    return dice_from_overlap(*overlap_per_image(pred, target, labels))
+
+
+def dice_per_case(
+    inter: Sequence[float], total: Sequence[float], cases: Sequence[str]
+) -> list[float]:
+    """Dice of each case (a patient's volume) over the pixels of all its images, from
+    their per-image overlaps, in order of first appearance.
+
+    >>> dice_per_case([1, 0, 3], [2, 4, 6], ["a", "a", "b"])  # a: 2*1/6, b: 2*3/6
+    [0.3333333333333333, 1.0]
+    """
+    sums: dict[str, list[float]] = {}
+    for i, t, case in zip(inter, total, cases, strict=True):
+        acc = sums.setdefault(case, [0.0, 0.0])
+        acc[0] += i
+        acc[1] += t
+    return [2 * i / t if t > 0 else 1.0 for i, t in sums.values()]
 
 
 def _surface_per_image(
@@ -152,6 +182,7 @@ def evaluate(
     device: torch.device | str | None = None,
     window: int | None = None,
     whole_image_pixels: int = WHOLE_IMAGE_PIXELS,
+    cases: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """Score ``model`` on ``(image, mask)`` batches.
 
@@ -159,7 +190,9 @@ def evaluate(
     ``surface_metrics``, ``hd95/<region>``, ``hd95``, ``assd/<region>`` and ``assd``
     (each the mean over the regions where it is defined). With ``window``, whole images
     of any size are scored, each in one padded pass or with sliding windows of that size
-    (:func:`predict_logits` says which).
+    (:func:`predict_logits` says which). With ``cases`` (the case of each image, in the
+    order the batches hold them) Dice is that of each case over all its images' pixels,
+    averaged over cases; surface metrics stay per image.
 
     Example
     -------
@@ -176,20 +209,30 @@ def evaluate(
     model.eval()
     if device is None:
         device = next(model.parameters(), torch.empty(0)).device
-    dice: dict[str, list[float]] = {name: [] for name in regions}
+    overlaps: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in regions}
     surface = {metric: {name: [] for name in regions} for metric in SURFACE_METRICS}
     try:
         for images, masks in batches:
             logits = predict_logits(model, images.to(device), window, whole_image_pixels)
             pred = logits.argmax(1).cpu()
             for name, labels in regions.items():
-                dice[name].extend(dice_per_image(pred, masks, labels).tolist())
+                inter, total = overlap_per_image(pred, masks, labels)
+                overlaps[name][0].extend(inter.tolist())
+                overlaps[name][1].extend(total.tolist())
                 if surface_metrics:
                     for metric, per_image in SURFACE_METRICS.items():
                         surface[metric][name].extend(per_image(pred, masks, labels))
     finally:
         model.train(was_training)
-    scores = {f"dice/{name}": float(np.mean(v)) for name, v in dice.items()}
+    scores = {}
+    for name, (inter, total) in overlaps.items():
+        if cases is None:
+            dice = dice_from_overlap(
+                torch.tensor(inter, dtype=torch.float64), torch.tensor(total, dtype=torch.float64)
+            ).tolist()
+        else:
+            dice = dice_per_case(inter, total, cases)
+        scores[f"dice/{name}"] = float(np.mean(dice))
     scores["dice"] = float(np.mean([scores[f"dice/{n}"] for n in regions]))
     if surface_metrics:
         for metric, per_region in surface.items():

@@ -23,6 +23,7 @@ from fedbcs_lightning.data import (
     FederatedData,
     SegmentationDataset,
     config_splits,
+    dice_by_case,
     load_dataset,
     make_loader,
 )
@@ -227,14 +228,14 @@ def evaluate_checkpoint(
     shared = None if per_site_weights else model_from_checkpoint(checkpoint, info)
     window = config.data.image_size if data.whole_images else None
     batch_size = 1 if data.whole_images else config.train.batch_size
+    by_case = dice_by_case(config, data)
     result = Evaluation(checkpoint_path, info.round, split, source, list(data.regions))
     for s in data.sites:
         if site is not None and s.name != site:
             continue
         model = shared if shared is not None else model_from_checkpoint(checkpoint, info, s.name)
-        loader = make_loader(
-            SegmentationDataset(s, splits[s.name][split]), batch_size, False, config.run.seed
-        )
+        dataset = SegmentationDataset(s, splits[s.name][split], by_case=by_case)
+        loader = make_loader(dataset, batch_size, False, config.run.seed)
         result.sites[s.name] = evaluate(
             model,
             loader,
@@ -242,5 +243,6 @@ def evaluate_checkpoint(
             surface_metrics=True,
             window=window,
             whole_image_pixels=config.run.whole_image_pixels,
+            cases=dataset.cases,
         )
     return result

@@ -26,6 +26,7 @@ from fedbcs_lightning.data import (
     FederatedData,
     SegmentationDataset,
     build_augmentation,
+    dice_by_case,
     make_loader,
 )
 from fedbcs_lightning.federation.client import FederatedClient, SegmentationClientModule
@@ -180,6 +181,7 @@ def site_loaders(config: Config, data: FederatedData, site, idx: dict, seed: int
     if not train:
         raise DataError(f"site {site.name!r} has no training image with foreground")
     eval_batch = 1 if data.whole_images else config.train.batch_size
+    scoring, by_case = (eval_batch, False, seed), dice_by_case(config, data)
     repeats = config.data.crops_per_image if data.whole_images else 1
     if repeats > 1 and config.privacy.mode == "sample":
         raise ConfigError(
@@ -194,8 +196,8 @@ def site_loaders(config: Config, data: FederatedData, site, idx: dict, seed: int
             seed=seed,
             shuffle=config.train.shuffle,
         ),
-        "val": make_loader(SegmentationDataset(site, idx["val"]), eval_batch, False, seed),
-        "test": make_loader(SegmentationDataset(site, idx["test"]), eval_batch, False, seed),
+        "val": make_loader(SegmentationDataset(site, idx["val"], by_case=by_case), *scoring),
+        "test": make_loader(SegmentationDataset(site, idx["test"], by_case=by_case), *scoring),
     }
 
 

@@ -266,6 +266,7 @@ class FederatedClient:
             surface_metrics=surface_metrics,
             window=self.window,
             whole_image_pixels=self.whole_image_pixels,
+            cases=getattr(self.loaders[split].dataset, "cases", None),
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -41,6 +41,10 @@ def test_builtin_preset_by_name():
         ({"data": {"augment": "maybe"}}, "data.augment: expected true or false"),
         ({"nope": {}}, "unknown config key 'nope'"),
         ({"data": {"folds": 1}}, "data.folds: 0 .* or at least 2, got 1"),
+        ({"data": {"intensity": "zscore"}}, "data.intensity: 'zscore' is not one of unit"),
+        ({"data": {"augmentation": "elastic"}}, "data.augmentation: 'elastic' is not one of"),
+        ({"data": {"volume_clip": [99, 1]}}, "data.volume_clip: two percentiles"),
+        ({"data": {"eval_batch_size": -1}}, "data.eval_batch_size: must be >= 0"),
         ({"data": {"folds": 5, "fold": 5}}, r"data.fold: must lie in 0..4 with data.folds=5"),
         ({"data": {"fold": 1}}, r"data.fold: must lie in 0..0 with data.folds=0"),
     ],
@@ -82,7 +86,12 @@ def test_paper_presets_keep_the_reference_behaviour():
     for cfg in (nuclei, prostate):
         assert cfg.train.batch_size == 6 and cfg.train.rounds == 400 and cfg.train.local_epochs == 1
         assert cfg.model.norm == "batch_stateless" and cfg.fedbcs.alignment == "paper"
-        assert cfg.train.shuffle is False
+        assert cfg.train.shuffle is False and cfg.data.eval_batch_size == 16
+    assert nuclei.data.resize_whole and nuclei.data.intensity == "minmax"
+    assert not nuclei.data.augment
+    assert (prostate.data.augmentation, prostate.data.intensity) == ("rot90_flip", "raw")
+    assert prostate.data.eval_foreground_only and not prostate.data.edge_slices
+    assert prostate.data.volume_clip == [0, 99] and prostate.data.case_dice is False
     default = resolve("fedbcs")
     assert default.fedbcs.alignment == "stable" and default.train.shuffle is True
 

@@ -113,6 +113,36 @@ def test_augmentation_moves_mask_with_image_and_keeps_labels():
     assert flipped > 0  # the augmentation does change geometry
 
 
+def test_rot90_flip_augmentation_turns_image_and_mask_together():
+    site = _site(n=1, size=16)
+    site.images[:] = 0
+    site.images[0, :4, :8] = 255  # a bar along the top edge, left half
+    site.masks[:] = 0
+    site.masks[0, :4, :8] = 1
+    ds = SegmentationDataset(site, [0], build_augmentation(seed=0, kind="rot90_flip"))
+    corners = set()
+    for _ in range(40):
+        image, mask = ds[0]
+        assert torch.equal(image[0] > 0.5, mask == 1)  # no interpolation, no colour change
+        assert int(mask.sum()) == 32
+        corners.add((int(mask[0, 0]), int(mask[0, -1]), int(mask[-1, 0]), int(mask[-1, -1])))
+    assert len(corners) == 4  # the bar reaches every corner: rotations and flips
+    with pytest.raises(ValueError, match="data.augmentation: 'elastic' is not one of"):
+        build_augmentation(seed=0, kind="elastic")
+
+
+def test_intensity_unit_minmax_and_raw():
+    site = _site(n=1, size=8)
+    site.images[:] = 100
+    site.images[0, 0, 0] = 50
+    site.images[0, 0, 1] = 150
+    unit, _ = SegmentationDataset(site, [0])[0]
+    minmax, _ = SegmentationDataset(site, [0], intensity="minmax")[0]
+    raw, _ = SegmentationDataset(site, [0], intensity="raw")[0]
+    assert torch.allclose(unit, raw / 255.0) and raw.max() == 150 and raw.min() == 50
+    assert minmax.min() == 0 and minmax.max() == 1 and minmax[0, 1, 1] == 0.5
+
+
 def test_train_loader_shuffles_reproducibly():
     site = _site(n=12)
     ds = SegmentationDataset(site, list(range(12)))

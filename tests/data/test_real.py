@@ -97,6 +97,11 @@ def test_prostate_volumes_are_2p5d_slices_split_by_case(tmp_path):
     assert set(np.unique(site.masks)) == {0, 1} and data.train_foreground_only
     # the middle channel is the slice itself, the others its neighbours
     assert np.array_equal(site.images[1][..., 0], site.images[0][..., 1])
+    inner = load_dataset(_cfg("prostate", tmp_path, edge_slices=False)).sites[1]
+    assert inner.images.shape == (12, 32, 32, 3)  # slices 1..3 of each case
+    assert np.array_equal(inner.images[0], site.images[1]) and inner.groups[:3] == ["Case00"] * 3
+    clipped = load_dataset(_cfg("prostate", tmp_path, volume_clip=[0, 99])).sites[1]
+    assert not np.array_equal(clipped.images, site.images)
     splits = make_splits(data, 0.25, 0.25, seed=0)["BMC"]
     case_of = {split: {site.groups[i] for i in idx} for split, idx in splits.items()}
     assert not (case_of["train"] & case_of["test"]) and not (case_of["val"] & case_of["test"])
@@ -149,6 +154,28 @@ def test_site_folders_decode_by_content_keep_native_size(tmp_path):
     assert set(np.unique(alpha.masks[0])) == {0, 1}
     nuclei = load_dataset(_cfg("nuclei", tmp_path))
     assert nuclei.class_names == ["background", "nucleus"]
+
+
+def test_resize_whole_turns_whole_images_into_fixed_size_batches(tmp_path):
+    from fedbcs_lightning.data import eval_batch_size
+    from fedbcs_lightning.federation.build import site_loaders
+
+    root = _sites(tmp_path)
+    whole = load_dataset(_cfg("sites", root))
+    with pytest.raises(DataError, match="data.eval_batch_size: 4 images per batch, but data"):
+        eval_batch_size(_cfg("sites", root, eval_batch_size=4), whole)
+    config = _cfg("sites", root, resize_whole=True, eval_batch_size=4)
+    data = load_dataset(config)
+    assert not data.whole_images and data.sites[0].images.shape == (2, 32, 32, 3)
+    assert set(np.unique(data.sites[0].masks[0])) == {0, 1}  # nearest: labels stay labels
+    site = data.sites[1]
+    idx = {"train": [0], "val": [1], "test": [1]}
+    loaders = site_loaders(config, data, site, idx, seed=0)
+    assert loaders["val"].batch_size == 4 and next(iter(loaders["train"]))[0].shape[-1] == 32
+    both = {"train": [0], "val": [0, 1], "test": [0, 1]}
+    site.masks[1][:] = 0
+    kept = site_loaders(_cfg("sites", root, eval_foreground_only=True), data, site, both, 0)
+    assert kept["test"].dataset.indices == [0]  # the image without foreground is not scored
 
 
 def test_label_values_map_mask_values_to_classes(tmp_path):

@@ -53,6 +53,18 @@ def test_whole_image_checkpoints_use_sliding_windows(fedbcs_run, tmp_path):
     assert whole.window == 32 and info.window is None
 
 
+def test_model_input_is_scaled_as_the_run_trained(fedbcs_run):
+    from fedbcs_lightning.config import merge
+
+    _, info = load_model(last(fedbcs_run))
+    image = np.full((32, 32, 3), 100, np.uint8)
+    image[0, 0] = 200
+    assert to_model_input(image, info).max() == 200 / 255
+    minmax = merge(info.config, {"data": {"intensity": "minmax"}})
+    scaled = to_model_input(image, ModelInfo(info.path, minmax, info.data, info.round))
+    assert scaled.max() == 1 and scaled.min() == 0
+
+
 def test_collect_images(tmp_path):
     folder = tmp_path / "scans"
     folder.mkdir()

@@ -27,6 +27,12 @@ class SyntheticConfig:
     style_strength: float = 1.0
 
 
+#: How ``0..255`` pixel values become the network's input (``data.intensity``).
+INTENSITIES = ("unit", "minmax", "raw")
+#: Training augmentations (``data.augmentation``), applied when ``data.augment`` is on.
+AUGMENTATIONS = ("affine", "rot90_flip")
+
+
 @dataclass
 class DataConfig:
     name: str = "synthetic"
@@ -34,6 +40,9 @@ class DataConfig:
     cache: str | None = None  # HDF5 file written by `fedbcs prepare`
     image_size: int = 64  # resize to (fundus, prostate) or crop/window size (nuclei, sites)
     augment: bool = True
+    augmentation: str = "affine"  # affine | rot90_flip (the reference's prostate augmentation)
+    intensity: str = "unit"  # network input: unit (x/255) | minmax (per image) | raw (0..255)
+    resize_whole: bool = False  # whole-image data sets: resize each image to image_size
     crops_per_image: int = 4  # random crops per image and epoch (whole-image data sets)
     skip_unpaired: bool = False  # skip images without masks (with a warning) instead of failing
     leave_out: list[str] = field(default_factory=list)  # sites kept out of training (unseen)
@@ -41,6 +50,10 @@ class DataConfig:
     label_values: list[int] = field(default_factory=list)  # mask values -> classes 1..n (sites)
     train_foreground_only: bool | None = None  # None: the data set's default
     case_dice: bool | None = None  # Dice per case over its slices (3-D); None: data set's default
+    eval_foreground_only: bool = False  # score only images with foreground (the reference's)
+    eval_batch_size: int = 0  # images per evaluation batch; 0: 1 for whole images, else batch
+    volume_clip: list[float] = field(default_factory=lambda: [0.5, 99.5])  # volumes: percentiles
+    edge_slices: bool = True  # volumes: keep the first and last slice (the reference drops them)
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     folds: int = 0  # k >= 2: k-fold cross-validation over images/groups (0 = one seeded split)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedbcs_lightning.config.schema import Config, ConfigError
+from fedbcs_lightning.config.schema import AUGMENTATIONS, INTENSITIES, Config, ConfigError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 NORMS = ("batch", "batch_stateless", "instance", "group")
@@ -74,6 +74,13 @@ def validate(config: Config) -> None:
         value = _get(config, key)
         if not 0.0 < value < 0.5:
             raise ConfigError(f"{key}: must lie in (0, 0.5), got {value}")
+    _choice(config.data.intensity, INTENSITIES, "data.intensity")
+    _choice(config.data.augmentation, AUGMENTATIONS, "data.augmentation")
+    if config.data.eval_batch_size < 0:
+        raise ConfigError(f"data.eval_batch_size: must be >= 0, got {config.data.eval_batch_size}")
+    clip = config.data.volume_clip
+    if len(clip) != 2 or not 0 <= clip[0] < clip[1] <= 100:
+        raise ConfigError(f"data.volume_clip: two percentiles 0 <= low < high <= 100, got {clip}")
     folds, fold = config.data.folds, config.data.fold
     if folds == 1 or folds < 0:
         raise ConfigError(f"data.folds: 0 (one seeded split) or at least 2, got {folds}")

@@ -14,6 +14,8 @@ from fedbcs_lightning.data.federated import (
     build_augmentation,
     config_splits,
     dice_by_case,
+    eval_batch_size,
+    eval_dataset,
     make_loader,
     make_splits,
 )
@@ -22,7 +24,8 @@ from fedbcs_lightning.data.federated import (
 def load_dataset(config) -> FederatedData:
     """Build the data set named by ``config.data.name`` (from ``config.data.cache`` when
     given), without the sites of ``config.data.leave_out``, limited to the first
-    ``config.train.clients`` sites, and :func:`check_data` it."""
+    ``config.train.clients`` sites, whole images resized where ``config.data.resize_whole``
+    says so, and :func:`check_data` it."""
     if config.data.cache:
         from fedbcs_lightning.data.cache import read_cache
 
@@ -30,6 +33,8 @@ def load_dataset(config) -> FederatedData:
     else:
         data = DATASETS.get(config.data.name)(config)
     data = data.without(config.data.leave_out).subset(config.train.clients)
+    if config.data.resize_whole and data.whole_images:
+        data = data.resized(config.data.image_size)
     check_data(data)
     return data
 
@@ -86,6 +91,8 @@ __all__ = [
     "check_data",
     "config_splits",
     "dice_by_case",
+    "eval_batch_size",
+    "eval_dataset",
     "load_dataset",
     "make_loader",
     "make_splits",

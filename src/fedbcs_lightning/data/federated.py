@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedbcs_lightning.config.schema import AUGMENTATIONS, INTENSITIES
 from fedbcs_lightning.rng import site_seed
 
 SPLITS = ("train", "val", "test")
@@ -117,6 +118,21 @@ class FederatedData:
         if not kept:
             raise DataError(f"data.leave_out leaves no site of data set {self.name!r} to train")
         return dataclasses.replace(self, sites=kept)
+
+    def resized(self, size: int) -> FederatedData:
+        """Every image resized to ``size`` x ``size`` (masks with nearest neighbours), as a
+        data set of fixed-size images (``data.resize_whole``: the reference's nuclei
+        protocol, where whole images are otherwise trained on crops and scored whole)."""
+        from fedbcs_lightning.data.readers import resize_pair
+
+        sites = []
+        for site in self.sites:
+            pairs = [resize_pair(i, m, size) for i, m in zip(site.images, site.masks, strict=True)]
+            images = np.stack([i for i, _ in pairs])
+            sites.append(
+                dataclasses.replace(site, images=images, masks=np.stack([m for _, m in pairs]))
+            )
+        return dataclasses.replace(self, sites=sites, whole_images=False)
 
     def subset(self, num_sites: int | None) -> FederatedData:
         """The first ``num_sites`` sites (all when ``None``)."""
@@ -224,26 +240,61 @@ def dice_by_case(config, data: FederatedData) -> bool:
     return data.case_dice if config.data.case_dice is None else config.data.case_dice
 
 
-def build_augmentation(seed: int, augment: bool = True, crop: int | None = None):
-    """Random ``crop`` (padding smaller images), then, with ``augment``, geometric
-    transforms on image and mask and photometric ones on the image only. ``None`` when
-    there is nothing to do."""
+def eval_dataset(config, data: FederatedData, site: Site, indices: list[int]):
+    """The images of ``indices`` as scored: only those with foreground where
+    ``data.eval_foreground_only`` says so (the reference's prostate protocol), with cases
+    for Dice per case (:func:`dice_by_case`) and the run's ``data.intensity``."""
+    if config.data.eval_foreground_only:
+        indices = [i for i in indices if site.masks[i].any()]
+    return SegmentationDataset(
+        site, indices, by_case=dice_by_case(config, data), intensity=config.data.intensity
+    )
+
+
+def eval_batch_size(config, data: FederatedData) -> int:
+    """Images per evaluation batch: ``data.eval_batch_size``, else (0) one whole image at
+    a time (whole-image data sets: sizes differ) or ``train.batch_size``. It matters where
+    BatchNorm normalises with each batch's statistics (``model.norm=batch_stateless``)."""
+    size = config.data.eval_batch_size
+    if size > 1 and data.whole_images:
+        raise DataError(
+            f"data.eval_batch_size: {size} images per batch, but data set {data.name!r} keeps "
+            "whole images of different sizes, scored one at a time; set it to 0 (or 1), or "
+            "resize them (data.resize_whole=true)"
+        )
+    if size:
+        return size
+    return 1 if data.whole_images else config.train.batch_size
+
+
+def build_augmentation(
+    seed: int, augment: bool = True, crop: int | None = None, kind: str = "affine"
+):
+    """Random ``crop`` (padding smaller images), then, with ``augment``, the ``kind`` of
+    augmentation: ``affine`` (the default: flips, small affine moves on image and mask,
+    brightness and contrast on the image) or ``rot90_flip`` (a random multiple of 90
+    degrees and flips, the reference's prostate augmentation). ``None`` when there is
+    nothing to do."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     import albumentations as A
     import cv2
 
+    if kind not in AUGMENTATIONS:
+        raise ValueError(f"data.augmentation: {kind!r} is not one of {', '.join(AUGMENTATIONS)}")
     transforms = []
     if crop:
         transforms += [
             A.PadIfNeeded(crop, crop, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0),
             A.RandomCrop(crop, crop),
         ]
-    if augment:
+    if augment and kind == "affine":
         transforms += [
             A.HorizontalFlip(p=0.5),
             A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-15, 15), p=0.5),
             A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
         ]
+    elif augment:
+        transforms += [A.RandomRotate90(p=1.0), A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
     return A.Compose(transforms, seed=seed) if transforms else None
 
 
@@ -252,7 +303,8 @@ class SegmentationDataset:
 
     ``repeats`` visits every image that many times per epoch (several random crops of a
     large image). With ``by_case`` (evaluation of slices of volumes) :attr:`cases` names
-    each item's case, so that Dice is computed per case.
+    each item's case, so that Dice is computed per case. ``intensity`` says how pixel
+    values become inputs (:func:`to_intensity`).
     """
 
     def __init__(
@@ -262,12 +314,14 @@ class SegmentationDataset:
         transform=None,
         repeats: int = 1,
         by_case: bool = False,
+        intensity: str = "unit",
     ) -> None:
         self.site = site
         self.indices = list(indices)
         self.transform = transform
         self.repeats = repeats
         self.by_case = by_case
+        self.intensity = intensity
 
     @property
     def cases(self) -> list[str] | None:
@@ -288,8 +342,30 @@ class SegmentationDataset:
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 255.0
+        image = to_intensity(
+            torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float(),
+            self.intensity,
+        )
         return image, torch.from_numpy(np.ascontiguousarray(mask)).long()
+
+
+def to_intensity(image, intensity: str = "unit"):
+    """A ``(C, H, W)`` float tensor of ``0..255`` values as the network takes it: ``unit``
+    divides by 255; ``minmax`` scales each image's own range to ``[0, 1]`` (the reference's
+    nuclei input); ``raw`` keeps ``0..255`` (the reference's prostate input).
+
+    >>> import torch
+    >>> to_intensity(torch.tensor([[[51.0, 102.0]]]), "minmax").tolist()
+    [[[0.0, 1.0]]]
+    """
+    if intensity == "raw":
+        return image
+    if intensity == "minmax":
+        low, high = image.min(), image.max()
+        return (image - low) / (high - low).clamp(min=1e-8)
+    if intensity == "unit":
+        return image / 255.0
+    raise ValueError(f"data.intensity: {intensity!r} is not one of {', '.join(INTENSITIES)}")
 
 
 def make_loader(

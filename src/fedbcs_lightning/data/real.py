@@ -265,8 +265,9 @@ def fundus(config) -> FederatedData:
 PROSTATE_SITES = ["BIDMC", "BMC", "HK", "I2CVB", "RUNMC", "UCL"]
 
 
-def _normalise_volume(volume: np.ndarray) -> np.ndarray:
-    low, high = np.percentile(volume, [0.5, 99.5])
+def _normalise_volume(volume: np.ndarray, percentiles: list[float]) -> np.ndarray:
+    """Clip to the ``percentiles`` of the volume's values and scale to ``0..255``."""
+    low, high = np.percentile(volume, percentiles)
     scaled = (np.clip(volume, low, high) - low) / max(high - low, 1e-8)
     return np.round(scaled * 255).astype(np.uint8)
 
@@ -299,10 +300,11 @@ def _prostate_volumes(root: Path, config) -> list[Site]:
                     f"{case}: volume shape {volume.shape} and segmentation {seg} shape "
                     f"{label.shape} must be equal and 3-D"
                 )
-            volume = _normalise_volume(volume.astype(np.float64))
+            volume = _normalise_volume(volume.astype(np.float64), config.data.volume_clip)
             label = (label > 0).astype(np.uint8)
             depth = volume.shape[2]
-            for z in range(depth):
+            edge = 0 if config.data.edge_slices or depth < 3 else 1
+            for z in range(edge, depth - edge):
                 neighbours = [max(z - 1, 0), z, min(z + 1, depth - 1)]
                 image = np.stack([volume[:, :, i] for i in neighbours], axis=-1)
                 image, mask = resize_pair(image, label[:, :, z], config.data.image_size)

@@ -93,11 +93,13 @@ def match_channels(image: np.ndarray, channels: int, path: str | Path) -> np.nda
 def to_model_input(image: np.ndarray, info: ModelInfo) -> torch.Tensor:
     """``(1, C, H, W)`` float tensor of an ``(H, W, C)`` uint8 image, prepared as in
     training: resized to the training size (unless the data set keeps whole images),
-    then converted by :class:`~fedbcs_lightning.data.SegmentationDataset`."""
+    then converted by :class:`~fedbcs_lightning.data.SegmentationDataset` with the run's
+    ``data.intensity``."""
     placeholder = np.zeros(image.shape[:2], np.uint8)
     if not info.whole_images:
         image, placeholder = resize_pair(image, placeholder, info.image_size)
-    tensor, _ = SegmentationDataset(Site("input", [image], [placeholder]), [0])[0]
+    site = Site("input", [image], [placeholder])
+    tensor, _ = SegmentationDataset(site, [0], intensity=info.config.data.intensity)[0]
     return tensor[None]
 
 

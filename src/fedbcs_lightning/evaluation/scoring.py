@@ -21,9 +21,9 @@ from fedbcs_lightning.data import (
     SPLITS,
     DataError,
     FederatedData,
-    SegmentationDataset,
     config_splits,
-    dice_by_case,
+    eval_batch_size,
+    eval_dataset,
     load_dataset,
     make_loader,
 )
@@ -227,15 +227,13 @@ def evaluate_checkpoint(
     per_site_weights = bool(per_site_models(checkpoint["state_dict"]))
     shared = None if per_site_weights else model_from_checkpoint(checkpoint, info)
     window = config.data.image_size if data.whole_images else None
-    batch_size = 1 if data.whole_images else config.train.batch_size
-    by_case = dice_by_case(config, data)
     result = Evaluation(checkpoint_path, info.round, split, source, list(data.regions))
     for s in data.sites:
         if site is not None and s.name != site:
             continue
         model = shared if shared is not None else model_from_checkpoint(checkpoint, info, s.name)
-        dataset = SegmentationDataset(s, splits[s.name][split], by_case=by_case)
-        loader = make_loader(dataset, batch_size, False, config.run.seed)
+        dataset = eval_dataset(config, data, s, splits[s.name][split])
+        loader = make_loader(dataset, eval_batch_size(config, data), False, config.run.seed)
         result.sites[s.name] = evaluate(
             model,
             loader,

@@ -26,7 +26,8 @@ from fedbcs_lightning.data import (
     FederatedData,
     SegmentationDataset,
     build_augmentation,
-    dice_by_case,
+    eval_batch_size,
+    eval_dataset,
     make_loader,
 )
 from fedbcs_lightning.federation.client import FederatedClient, SegmentationClientModule
@@ -173,15 +174,15 @@ def site_loaders(config: Config, data: FederatedData, site, idx: dict, seed: int
     whole image at a time (with sliding windows).
     """
     crop = config.data.image_size if data.whole_images else None
-    transform = build_augmentation(seed, augment=config.data.augment, crop=crop)
+    transform = build_augmentation(
+        seed, augment=config.data.augment, crop=crop, kind=config.data.augmentation
+    )
     foreground_only = config.data.train_foreground_only
     if foreground_only is None:
         foreground_only = data.train_foreground_only
     train = [i for i in idx["train"] if site.masks[i].any()] if foreground_only else idx["train"]
     if not train:
         raise DataError(f"site {site.name!r} has no training image with foreground")
-    eval_batch = 1 if data.whole_images else config.train.batch_size
-    scoring, by_case = (eval_batch, False, seed), dice_by_case(config, data)
     repeats = config.data.crops_per_image if data.whole_images else 1
     if repeats > 1 and config.privacy.mode == "sample":
         raise ConfigError(
@@ -190,14 +191,21 @@ def site_loaders(config: Config, data: FederatedData, site, idx: dict, seed: int
         )
     return {
         "train": make_loader(
-            SegmentationDataset(site, train, transform, repeats),
+            SegmentationDataset(site, train, transform, repeats, intensity=config.data.intensity),
             config.train.batch_size,
             train=True,
             seed=seed,
             shuffle=config.train.shuffle,
         ),
-        "val": make_loader(SegmentationDataset(site, idx["val"], by_case=by_case), *scoring),
-        "test": make_loader(SegmentationDataset(site, idx["test"], by_case=by_case), *scoring),
+        **{
+            split: make_loader(
+                eval_dataset(config, data, site, idx[split]),
+                eval_batch_size(config, data),
+                False,
+                seed,
+            )
+            for split in ("val", "test")
+        },
     }
 
 

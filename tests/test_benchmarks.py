@@ -218,3 +218,24 @@ def test_privacy_quick_reports_dice_against_epsilon():
     }  # off, off with GroupNorm, one noise level
     private = [r for r in rows if r["noise"] > 0]
     assert all(0 < r["epsilon"] < float("inf") and 0 <= r["selected"] <= 1 for r in private)
+
+
+def test_gpu_throughput_quick_runs_on_the_cpu_and_reports_both_methods():
+    import json
+    import os
+    import subprocess
+
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    done = subprocess.run(
+        [sys.executable, "gpu_throughput.py", "--quick", "--json"],
+        cwd=BENCHMARKS,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(result["results"]) == {"fedavg 32 eager", "fedbcs 32 eager"}
+    for run in result["results"].values():
+        assert run["images_per_s"] > 0 and run["rounds_timed"] == 2

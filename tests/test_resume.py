@@ -98,6 +98,20 @@ def test_resume_extends_a_finished_run_and_refuses_without_more_rounds(tmp_path)
         assert torch.equal(run.result.last_weights[key], value), key
 
 
+def test_runs_with_loader_workers_resume_exactly(tmp_path):
+    def config(rounds):
+        return resolve(
+            overrides=[*SETS, "data.num_workers=2"],
+            options={**OPTIONS, "train": {"method": "fedavg", "rounds": rounds}},
+        )
+
+    fit(config(1), run_dir=tmp_path / "resumed", progress=False)
+    run = resume(tmp_path / "resumed", rounds=3, progress=False)
+    straight = fit(config(3), run_dir=tmp_path / "straight", progress=False)
+    for key, value in straight.result.last_weights.items():
+        assert torch.equal(run.result.last_weights[key], value), key
+
+
 def test_resume_errors_name_the_problem(tmp_path):
     with pytest.raises(ResumeError, match="state.pt does not exist"):
         resume(tmp_path, progress=False)

@@ -143,6 +143,22 @@ def test_intensity_unit_minmax_and_raw():
     assert minmax.min() == 0 and minmax.max() == 1 and minmax[0, 1, 1] == 0.5
 
 
+def test_loader_workers_augment_each_pass_anew_and_reproducibly():
+    site = _site(n=4, size=32)
+
+    def passes(seed, workers):
+        transform = build_augmentation(seed=0)
+        loader = make_loader(SegmentationDataset(site, [0, 1, 2, 3], transform), 4, True, seed,
+                             shuffle=False, workers=workers)  # fmt: skip
+        return [torch.cat([x for x, _ in loader]) for _ in range(2)]
+
+    first, second = passes(1, workers=2)
+    assert not torch.equal(first, second)  # workers do not replay one augmentation each pass
+    again = passes(1, workers=2)
+    assert torch.equal(first, again[0]) and torch.equal(second, again[1])
+    assert not torch.equal(first, passes(2, workers=2)[0])
+
+
 def test_train_loader_shuffles_reproducibly():
     site = _site(n=12)
     ds = SegmentationDataset(site, list(range(12)))

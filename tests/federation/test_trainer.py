@@ -163,3 +163,29 @@ def test_bf16_mixed_precision_trains_through_lightning(tiny_config, tmp_path):
     loss = run.result.history[0]["train"]["site1"]["loss/total"]
     assert torch.isfinite(torch.tensor(loss))
     assert all(v.dtype != torch.bfloat16 for v in run.result.last_weights.values())
+
+
+def test_channels_last_and_compile_train_the_same_model(tiny_config):
+    from fedbcs_lightning.api import InProcess
+    from fedbcs_lightning.config import merge
+    from fedbcs_lightning.methods import Instruction
+
+    def one_round(**run):
+        setup = InProcess().prepare(merge(tiny_config, {"run": run}))
+        client = setup.clients[0]
+        update = client.fit(Instruction(setup.initial_weights, {"round": 1}))
+        return client, update.weights
+
+    start = InProcess().prepare(tiny_config).initial_weights
+    _, plain = one_round()
+    client, nhwc = one_round(channels_last=True)
+    conv = next(m for m in client.module.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    compiled_client, compiled = one_round(compile=True)
+    assert compiled_client.module.features is not compiled_client.module.backbone.forward_features
+    for weights in (nhwc, compiled):
+        assert weights.keys() == plain.keys()  # nothing renamed: checkpoints stay plain
+        keys = [k for k, v in plain.items() if v.is_floating_point()]
+        moved = torch.cat([(plain[k] - start[k]).flatten() for k in keys]).norm()
+        apart = torch.cat([(weights[k] - plain[k]).flatten() for k in keys]).norm()
+        assert apart < 0.1 * moved  # rounding apart (Adam turns it into small step changes)

@@ -43,6 +43,7 @@ class DataConfig:
     augmentation: str = "affine"  # affine | rot90_flip (the reference's prostate augmentation)
     intensity: str = "unit"  # network input: unit (x/255) | minmax (per image) | raw (0..255)
     resize_whole: bool = False  # whole-image data sets: resize each image to image_size
+    num_workers: int = 0  # loader worker processes per site (0: read in the training process)
     crops_per_image: int = 4  # random crops per image and epoch (whole-image data sets)
     skip_unpaired: bool = False  # skip images without masks (with a warning) instead of failing
     leave_out: list[str] = field(default_factory=list)  # sites kept out of training (unseen)
@@ -171,6 +172,8 @@ class RunConfig:
     output: str | None = None
     accelerator: str = "auto"  # cpu, gpu (cuda), mps, or auto (a GPU when there is one)
     precision: str = "32"  # training precision: 32, bf16-mixed or 16-mixed (through Lightning)
+    channels_last: bool = False  # train in NHWC memory layout (faster convolutions on GPUs)
+    compile: bool = False  # train through torch.compile (needs a C++ compiler on CPU)
     loggers: list[str] = field(default_factory=list)  # experiment trackers: wandb, csv, tensorboard
     log_images: int = 4  # validation images per site in logged overlays and plots (0 = none)
     checkpoint_every: int = 1  # write the resumable state every N rounds (and at the end)

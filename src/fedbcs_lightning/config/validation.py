@@ -76,6 +76,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{key}: must lie in (0, 0.5), got {value}")
     _choice(config.data.intensity, INTENSITIES, "data.intensity")
     _choice(config.data.augmentation, AUGMENTATIONS, "data.augmentation")
+    if config.data.num_workers < 0:
+        raise ConfigError(f"data.num_workers: must be >= 0, got {config.data.num_workers}")
     if config.data.eval_batch_size < 0:
         raise ConfigError(f"data.eval_batch_size: must be >= 0, got {config.data.eval_batch_size}")
     clip = config.data.volume_clip
@@ -175,6 +177,11 @@ def _check_privacy(config: Config) -> None:
         raise ConfigError(
             f"run.precision: {config.run.precision!r} with privacy.mode=sample; per-image "
             "gradient clipping runs in 32-bit precision only (use run.precision=32)"
+        )
+    if privacy.mode == "sample" and config.run.compile:
+        raise ConfigError(
+            "run.compile: not with privacy.mode=sample, whose per-image gradients are "
+            "taken one image at a time (set run.compile=false)"
         )
     if privacy.mode == "client" and config.server.aggregation != "mean":
         raise ConfigError(

@@ -12,13 +12,12 @@ from fedbcs_lightning.data.federated import (
     SegmentationDataset,
     Site,
     build_augmentation,
-    config_splits,
     dice_by_case,
     eval_batch_size,
     eval_dataset,
     make_loader,
-    make_splits,
 )
+from fedbcs_lightning.data.splits import config_splits, make_splits
 
 
 def load_dataset(config) -> FederatedData:

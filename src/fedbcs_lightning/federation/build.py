@@ -93,6 +93,8 @@ def build_clients(
             weight_decay=config.train.weight_decay,
             momentum=config.train.momentum,
             hooks=hooks,
+            channels_last=config.run.channels_last,
+            compile=config.run.compile,
         )
         return FederatedClient(
             name,
@@ -149,6 +151,15 @@ def _seed(config: Config, site: str) -> int:
     return site_seed(config.run.seed, site, 0)
 
 
+def loader_options(config: Config) -> dict:
+    """Worker processes (``data.num_workers``) and pinned memory (where training runs on a
+    CUDA GPU) of every loader of a run."""
+    import torch
+
+    on_cuda = config.run.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return {"workers": config.data.num_workers, "pin_memory": on_cuda}
+
+
 def pooled_loaders(config: Config, clients: list[FederatedClient]) -> dict:
     """One training loader over the union of the clients' training sets."""
     from torch.utils.data import ConcatDataset
@@ -163,6 +174,7 @@ def pooled_loaders(config: Config, clients: list[FederatedClient]) -> dict:
         train=True,
         seed=_seed(config, POOLED_CLIENT),
         shuffle=config.train.shuffle,
+        **loader_options(config),
     )
     return {"train": loader}
 
@@ -184,6 +196,7 @@ def site_loaders(config: Config, data: FederatedData, site, idx: dict, seed: int
     if not train:
         raise DataError(f"site {site.name!r} has no training image with foreground")
     repeats = config.data.crops_per_image if data.whole_images else 1
+    options = loader_options(config)
     if repeats > 1 and config.privacy.mode == "sample":
         raise ConfigError(
             f"data.crops_per_image: {repeats} crops of each image per epoch, but "
@@ -196,6 +209,7 @@ def site_loaders(config: Config, data: FederatedData, site, idx: dict, seed: int
             train=True,
             seed=seed,
             shuffle=config.train.shuffle,
+            **options,
         ),
         **{
             split: make_loader(
@@ -203,6 +217,7 @@ def site_loaders(config: Config, data: FederatedData, site, idx: dict, seed: int
                 eval_batch_size(config, data),
                 False,
                 seed,
+                **options,
             )
             for split in ("val", "test")
         },

@@ -11,6 +11,27 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+def _script(*args: str, timeout: int = 600) -> str:
+    """Run a benchmark script with ``args``; its standard output."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    done = subprocess.run(
+        [sys.executable, *args], cwd=BENCHMARKS, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _quick(script: str, *args: str, timeout: int = 600) -> dict:
+    """The JSON a benchmark script prints with ``--quick --json``."""
+    import json
+
+    return json.loads(_script(script, "--quick", "--json", *args, timeout=timeout).splitlines()[-1])
+
+
 @pytest.fixture
 def compare(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
@@ -95,24 +116,13 @@ def test_folds_pool_each_sites_dice_over_its_test_images(compare, monkeypatch):
 
 def test_from_json_renders_the_seeds_every_method_finished(tmp_path):
     import json
-    import os
-    import subprocess
 
     saved = tmp_path / "compare-synthetic.json"
     runs = {"fedavg": [_run(0.5, 0.7, 0.6), _run(0.3, 0.5, 0.4)], "fedbcs": [_run(0.8, 0.6, 0.7)]}
     saved.write_text(json.dumps({"seeds": [0, 1], "results": runs}))
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
-    done = subprocess.run(
-        [sys.executable, "compare.py", "--from-json", str(saved)],
-        cwd=BENCHMARKS,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
+    printed = _script("compare.py", "--from-json", str(saved))
     table = (tmp_path / "compare-synthetic.md").read_text()
-    assert "seeds [0]" in table and "| +10.0 [+10.0, +10.0] 1/1 |\n" in done.stdout
+    assert "seeds [0]" in table and "| +10.0 [+10.0, +10.0] 1/1 |\n" in printed
     assert (tmp_path / "compare-synthetic.png").is_file()
 
 
@@ -124,21 +134,7 @@ def test_smoke_runs_never_write_into_the_committed_results(compare, tmp_path):
 
 
 def test_eval_cost_quick_prints_both_ways_for_every_site():
-    import json
-    import os
-    import subprocess
-
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
-    done = subprocess.run(
-        [sys.executable, "eval_cost.py", "--quick", "--json"],
-        cwd=BENCHMARKS,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = _quick("eval_cost.py")
     assert sorted(result["sites"]) == ["site0", "site1", "site2"]
     for site in result["sites"].values():
         assert site["val_windows_s"] > 0 and site["val_whole_s"] > 0
@@ -146,18 +142,8 @@ def test_eval_cost_quick_prints_both_ways_for_every_site():
 
 
 def test_compare_quick_folds_and_leave_out_report_the_unseen_site(tmp_path):
-    import json
-    import os
-    import subprocess
-
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
-    command = [sys.executable, "compare.py", "--quick", "--methods", "fedavg"]
-    command += ["--leave-out", "site4", "--folds", "2", "--out", str(tmp_path), "--json"]
-    done = subprocess.run(
-        command, cwd=BENCHMARKS, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    options = ["--methods", "fedavg", "--leave-out", "site4", "--folds", "2"]
+    result = _quick("compare.py", *options, "--out", str(tmp_path))
     (run,) = result["results"]["fedavg"]
     assert set(run["selected"]) == {"site1", "site2", "site3", "site4 (unseen)"}
     assert run["folds"] == 2 and len(run["best_round"]) == 2
@@ -168,34 +154,10 @@ def test_compare_quick_folds_and_leave_out_report_the_unseen_site(tmp_path):
     importlib.util.find_spec("flwr") is None, reason="Flower is not installed (.[flower])"
 )
 def test_flower_vs_inprocess_quick_times_both_engines():
-    import json
-    import os
-    import subprocess
-
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
-    done = subprocess.run(
-        [sys.executable, "flower_vs_inprocess.py", "--quick", "--json"],
-        cwd=BENCHMARKS, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])["fedavg"]
+    result = _quick("flower_vs_inprocess.py", timeout=900)["fedavg"]
     assert len(result["in_process_s"]) == 2 and len(result["flower_s"]) == 2
     assert all(t > 0 for t in result["in_process_s"] + result["flower_s"])
     assert result["bytes"]["down_weights"] == result["bytes"]["up_weights"] > 0
-
-
-def _quick(script: str) -> dict:
-    import json
-    import os
-    import subprocess
-
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
-    done = subprocess.run(
-        [sys.executable, script, "--quick", "--json"],
-        cwd=BENCHMARKS, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_checkpoint_cost_quick_stores_shared_tensors_once():
@@ -221,21 +183,7 @@ def test_privacy_quick_reports_dice_against_epsilon():
 
 
 def test_gpu_throughput_quick_runs_on_the_cpu_and_reports_both_methods():
-    import json
-    import os
-    import subprocess
-
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
-    done = subprocess.run(
-        [sys.executable, "gpu_throughput.py", "--quick", "--json"],
-        cwd=BENCHMARKS,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = _quick("gpu_throughput.py")
     assert set(result["results"]) == {"fedavg 32 eager", "fedbcs 32 eager"}
     for run in result["results"].values():
         assert run["images_per_s"] > 0 and run["rounds_timed"] == 2

@@ -15,6 +15,7 @@ after each run) to ``--out``.
     python benchmarks/compare.py --dataset nuclei --data-root ../shared/datasets/nuclei
     python benchmarks/compare.py --dataset nuclei --folds 5 --seeds 0 1 2 \
         --set 'data.group_pattern=^(\d+(?=_)|.+)'   # TNBC's slides; other files alone
+    python benchmarks/compare.py --methods fedavg fedbcs fedbcs:cdpa=false fedbcs:fsr=false
     python benchmarks/compare.py --quick       # 32x32, 2 rounds, seed 0, 3 methods
 """
 
@@ -32,15 +33,29 @@ from common import bootstrap_interval, emit, markdown_table, mean_std, parser
 
 from fedbcs_lightning.api import fit
 from fedbcs_lightning.catalog import METHODS
-from fedbcs_lightning.config import parse_override, resolve
+from fedbcs_lightning.config import ConfigError, parse_override, resolve
 from fedbcs_lightning.evaluation.scoring import evaluate_checkpoint
 from fedbcs_lightning.io import atomic_write_json, atomic_write_text
 
 ORDER = ["local", "fedavg", "fedprox", "fedbn", "moon", "harmofl", "fpl", "fedbcs", "pooled"]
 
 
-def run_once(method: str, seed: int, fold: int | None, args) -> dict:
+def variant(spec: str) -> tuple[str, list[str]]:
+    """A method with options of its own section: ``fedbcs:cdpa=false,tau=0.5`` is method
+    ``fedbcs`` with ``fedbcs.cdpa=false`` and ``fedbcs.tau=0.5`` (e.g. FedBCS's halves).
+
+    >>> variant("fedbcs:cdpa=false,tau=0.5")
+    ('fedbcs', ['fedbcs.cdpa=false', 'fedbcs.tau=0.5'])
+    >>> variant("fedavg")
+    ('fedavg', [])
+    """
+    method, _, options = spec.partition(":")
+    return method, [f"{method}.{option}" for option in options.split(",") if option]
+
+
+def run_once(spec: str, seed: int, fold: int | None, args) -> dict:
     """One training run (one fold when ``fold`` is set): per-site test Dice and images."""
+    method, overrides = variant(spec)
     options = {
         "data": {"name": args.dataset, "image_size": args.image_size},
         "model": {"width": args.width},
@@ -53,7 +68,7 @@ def run_once(method: str, seed: int, fold: int | None, args) -> dict:
         options["data"]["leave_out"] = [args.leave_out]
     if fold is not None:
         options["data"].update(folds=args.folds, fold=fold)
-    config = resolve(overrides=args.set, options=options)
+    config = resolve(overrides=[*args.set, *overrides], options=options)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         result = fit(config, run_dir=tmp, progress=False).result
@@ -235,7 +250,13 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--data-root", type=Path, default=None)
-    p.add_argument("--methods", nargs="+", default=None, help="default: every method")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help="default: every method; METHOD:key=value,... sets options of the method's own "
+        "section (e.g. fedbcs:cdpa=false for FSR alone)",
+    )
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--width", type=int, default=16)
@@ -280,8 +301,12 @@ def main() -> None:
     known = [m for m in ORDER if m in METHODS.names()]
     known += [m for m in METHODS.names() if m not in known]
     methods = args.methods or (["fedavg", "fpl", "fedbcs"] if args.quick else known)
-    for method in methods:
-        METHODS.check(method)
+    for spec in methods:  # fail before any training
+        method, overrides = variant(spec)
+        try:
+            resolve(overrides=[*args.set, *overrides], options={"train": {"method": method}})
+        except ConfigError as err:
+            p.error(f"--methods {spec}: {err}")
     if args.folds == 1 or args.folds < 0:
         p.error("--folds: 0 (one split) or at least 2")
     stem = args.out / (

@@ -126,6 +126,26 @@ def test_from_json_renders_the_seeds_every_method_finished(tmp_path):
     assert (tmp_path / "compare-synthetic.png").is_file()
 
 
+def test_method_variants_set_options_of_the_methods_section(compare):
+    assert compare.variant("fedbcs:cdpa=false,tau=0.5") == (
+        "fedbcs",
+        ["fedbcs.cdpa=false", "fedbcs.tau=0.5"],
+    )
+    assert compare.variant("fedprox") == ("fedprox", [])
+
+
+def test_a_bad_method_variant_fails_before_any_training():
+    import os
+    import subprocess
+
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    done = subprocess.run(
+        [sys.executable, "compare.py", "--quick", "--methods", "fedavg", "fedbcs:nope=1"],
+        cwd=BENCHMARKS, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0 and "fedbcs.nope" in done.stderr
+
+
 def test_smoke_runs_never_write_into_the_committed_results(compare, tmp_path):
     assert compare.output_folder(None, quick=False) == BENCHMARKS / "results"
     smoke = compare.output_folder(None, quick=True)

@@ -1,6 +1,10 @@
 import os
+import signal
 
-from fedbcs_lightning.io import atomic_write_text
+import pytest
+import torch
+
+from fedbcs_lightning.io import atomic_write, atomic_write_text
 
 
 def test_atomic_writes_get_the_usual_permissions(tmp_path):
@@ -8,3 +12,25 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_ctrl_c_during_a_write_takes_effect_once_the_file_is_in_place(tmp_path):
+    target = tmp_path / "state.pt"
+
+    def write(handle):
+        handle.write(b"first half ")
+        os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends, mid-write
+        handle.write(b"second half")
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, write)
+    assert target.read_bytes() == b"first half second half"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    def save(handle):  # torch.save's zip writer would fail if cut off
+        os.kill(os.getpid(), signal.SIGINT)
+        torch.save({"x": torch.ones(3)}, handle)
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, save)
+    assert torch.equal(torch.load(target, weights_only=True)["x"], torch.ones(3))

@@ -50,7 +50,8 @@ def make_splits(
     for site in data.sites:
         groups = site.groups or [str(i) for i in range(len(site))]
         fixed = None if folds else site.fixed_test
-        pool = [i for i in range(len(site)) if i not in set(fixed or [])]
+        held = set(fixed or [])
+        pool = [i for i in range(len(site)) if i not in held]
         units = sorted({groups[i] for i in pool}) if site.groups else [groups[i] for i in pool]
         shuffle = np.random.default_rng(site_seed(seed, site.name, 2))
         order = [units[j] for j in shuffle.permutation(len(units))]
@@ -68,9 +69,10 @@ def make_splits(
                 "validation and test; add data to the site or leave it out"
             )
         val_units = set(rest[:n_val])
+        held_out = test_units | val_units
         test = sorted(fixed or [i for i in pool if groups[i] in test_units])
         splits[site.name] = {
-            "train": [i for i in pool if groups[i] not in test_units | val_units],
+            "train": [i for i in pool if groups[i] not in held_out],
             "val": [i for i in pool if groups[i] in val_units],
             "test": test,
         }

@@ -18,8 +18,8 @@ against epsilon) to ``--out``.
     python benchmarks/privacy.py --quick        # 32x32, 2 rounds, one noise level
 
 ``--reuse`` keeps the runs of an earlier invocation with the same settings (the JSON in
-``--out``) and trains only the missing ones: add a noise level without training the
-others again.
+``--out``) and trains only the missing ones: add a noise level or a seed without
+training the others again.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 from common import emit, markdown_table, mean_std, parser
 
 from fedbcs_lightning.api import fit
-from fedbcs_lightning.config import resolve
+from fedbcs_lightning.config import ConfigError, resolve
 from fedbcs_lightning.evaluation.metrics import mean_over_sites
 from fedbcs_lightning.io import atomic_write_json, atomic_write_text
 
@@ -173,6 +173,15 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--reuse", action="store_true", help="keep earlier runs of these settings")
     args = p.parse_args()
+    for label in args.methods:  # fail before any training
+        method, _, own = label.partition(":")
+        try:
+            resolve(
+                overrides=[*args.set, *filter(None, own.split(","))],
+                options={"train": {"method": method}},
+            )
+        except ConfigError as err:
+            p.error(f"{label}: {err}")
     if args.quick:
         args.noise, args.rounds, args.images_per_site, args.seeds = [1.0], 2, 16, [0]
     seeds = args.seeds or [0]
@@ -182,12 +191,15 @@ def main() -> None:
         args.prototype_noise = PrivacyConfig().prototype_noise_multiplier
     out = args.out or (Path(tempfile.mkdtemp(prefix="privacy-quick-")) if args.quick else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
-    settings = (
+    run_settings = (
         f"{args.dataset}, {args.rounds} rounds, {args.image_size}x{args.image_size}, width "
-        f"{args.width}, seeds {seeds}, prototype noise multiplier {args.prototype_noise:g}"
+        f"{args.width}, prototype noise multiplier {args.prototype_noise:g}"
         + (f", {args.images_per_site} images per site" if args.dataset == "synthetic" else "")
+        + (f", overrides {args.set}" if args.set else "")
     )
-    key = [settings, args.eval_every, args.delta, args.set, str(args.data_root)]
+    settings = f"{run_settings}, seeds {seeds}"
+    # runs of other seeds are kept too: adding a seed trains only that seed's runs
+    key = [run_settings, args.eval_every, args.delta, args.set, str(args.data_root)]
     path = out / f"privacy-{args.dataset}.json"
     earlier = {}
     if args.reuse and path.exists():

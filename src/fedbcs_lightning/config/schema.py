@@ -101,6 +101,7 @@ class FedBCSConfig:
     max_anchors: int = 1024  # anchors per class, level and batch (random subset); 0 = all
     tau: float = 0.1  # temperature of the contrastive term
     weight: float = 1.0  # lambda, weight of the alignment loss
+    warmup_rounds: int = 0  # lambda rises linearly over this many rounds from round 2; 0 = none
     alignment: str = "stable"  # stable (log-sum-exp) | paper (the reference's clamps)
 
 

@@ -119,6 +119,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"fedbcs.max_anchors: must be >= 0 (0 = all), got {fb.max_anchors}")
     if fb.weight < 0:
         raise ConfigError(f"fedbcs.weight: must be >= 0, got {fb.weight}")
+    if fb.warmup_rounds < 0:
+        raise ConfigError(f"fedbcs.warmup_rounds: must be >= 0 (0 = none), got {fb.warmup_rounds}")
     if config.train.weight_decay < 0 or config.data.synthetic.style_strength < 0:
         raise ConfigError("train.weight_decay and data.synthetic.style_strength must be >= 0")
 

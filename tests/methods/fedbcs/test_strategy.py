@@ -193,3 +193,39 @@ def test_a_batch_without_foreground_has_no_anchors(max_per_class):
     labels = torch.zeros(1, 8, 8, dtype=torch.long)
     labels[0, 2, 3] = 1
     assert [t.tolist() for t in sample_anchors(labels, max_per_class)] == [[0], [2], [3]]
+
+
+def test_warmup_scales_the_alignment_loss_by_round(tiny_config):
+    """With ``warmup_rounds=4`` the alignment term of the same batch and weights is a
+    quarter of the full one in round 2 and whole from round 5; none in round 1."""
+    from fedbcs_lightning.methods.base import Instruction
+    from fedbcs_lightning.methods.fedbcs.strategy import PrototypeAlignment
+    from tests.helpers import federation
+
+    cfg = merge(
+        tiny_config,
+        {
+            "train": {"method": "fedbcs"},
+            "fedbcs": {"prototype_dim": 8, "max_anchors": 0, "warmup_rounds": 4},
+        },
+    )
+    strategy, clients = federation(cfg)
+    client = clients[0]
+    first = strategy.configure_train(1, client.get_weights(), [client.name])[client.name]
+    strategy.aggregate_train(1, [client.fit(first)])
+    bank = strategy.configure_train(2, client.get_weights(), [client.name])[client.name]
+    images, masks = next(iter(client.loaders["train"]))
+    net = client.module.backbone.eval()
+
+    def alignment(server_round):
+        hook = PrototypeAlignment(cfg.fedbcs, cfg.train.local_epochs, collect=False)
+        config = {**bank.config, "round": server_round}
+        hook.on_fit_start(client.module, Instruction(bank.weights, config))
+        with torch.no_grad():
+            losses = hook.extra_losses(client.module, (images, masks), net.forward_features(images))
+        return sum(float(v) for v in losses.values())
+
+    full = alignment(5)
+    assert full > 0
+    assert alignment(2) == pytest.approx(full / 4, rel=1e-5)
+    assert alignment(9) == pytest.approx(full, rel=1e-5)

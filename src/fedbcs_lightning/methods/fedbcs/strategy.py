@@ -49,6 +49,22 @@ def sample_anchors(labels: torch.Tensor, max_per_class: int = 0):
     return b[keep], y[keep], x[keep]
 
 
+def alignment_weight(weight: float, warmup_rounds: int, server_round: int) -> float:
+    """Lambda in ``server_round``: alignment starts in round 2 (the first with global
+    prototypes) and, with a warm-up, rises linearly to ``weight`` over ``warmup_rounds``.
+
+    >>> [alignment_weight(1.0, 4, r) for r in (1, 2, 3, 5, 9)]
+    [0.0, 0.25, 0.5, 1.0, 1.0]
+    >>> alignment_weight(0.5, 0, 2)
+    0.5
+    """
+    if server_round < 2:
+        return 0.0
+    if warmup_rounds <= 0:
+        return weight
+    return weight * min(1.0, (server_round - 1) / warmup_rounds)
+
+
 class PrototypeAlignment(ClientHook):
     """Client side of CDPA: alignment loss and local prototypes."""
 
@@ -59,10 +75,15 @@ class PrototypeAlignment(ClientHook):
         self.global_bank: PrototypeBank | None = None
         self.accumulator = PrototypeAccumulator(options.prototype_mean)
         self._pending: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.weight = options.weight  # lambda of the current round
 
     def on_fit_start(self, module: Any, instruction: Instruction) -> None:
         bank = instruction.config.get("prototypes")
         self.global_bank = PrototypeBank.from_dict(bank) if bank else None
+        server_round = instruction.config.get("round", 2)
+        self.weight = alignment_weight(
+            self.options.weight, self.options.warmup_rounds, server_round
+        )
         self.accumulator = PrototypeAccumulator(self.options.prototype_mean)
 
     def extra_losses(self, module: Any, batch: Any, output: Any) -> dict[str, torch.Tensor]:
@@ -77,7 +98,7 @@ class PrototypeAlignment(ClientHook):
         if self.global_bank is None:
             return {}
         losses = {}
-        share = self.options.weight / len(descriptors)
+        share = self.weight / len(descriptors)
         for level, descriptor in descriptors.items():
             labels = resize_labels(masks, descriptor.size)
             b, y, x = sample_anchors(labels, self.options.max_anchors)

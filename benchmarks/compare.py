@@ -17,6 +17,7 @@ after each run) to ``--out``.
         --set 'data.group_pattern=^(\d+(?=_)|.+)'   # TNBC's slides; other files alone
     python benchmarks/compare.py --methods fedavg fedbcs fedbcs:cdpa=false fedbcs:fsr=false
     python benchmarks/compare.py --quick       # 32x32, 2 rounds, seed 0, 3 methods
+    python benchmarks/compare.py --from-json a.json b.json   # join runs of other methods
 """
 
 from __future__ import annotations
@@ -190,8 +191,19 @@ def report(header: str, results: dict[str, list[dict]]) -> str:
         f"{header}\n\n{table(results)}\n\n{pairs}"
         f"ordering (selected on validation): {ordering(results)}\n\n"
         f"ordering (last round): {ordering(results, 'last')}\n\n"
+        f"ordering on validation (highest mean validation Dice over the rounds, mean over "
+        f"seeds; what to choose a default on): {validation_ordering(results)}\n\n"
         f"{curves(results)}"
     )
+
+
+def validation_ordering(results: dict[str, list[dict]]) -> str:
+    best = {
+        m: statistics.mean(max(v for v in r["val_curve"] if not math.isnan(v)) for r in runs)
+        for m, runs in results.items()
+    }
+    ranked = sorted(best, key=best.get, reverse=True)
+    return " > ".join(f"{m} ({100 * best[m]:.1f})" for m in ranked)
 
 
 def ordering(results: dict[str, list[dict]], kind: str = "selected") -> str:
@@ -236,6 +248,24 @@ def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
 
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def joined(files: list[Path], p) -> tuple[list[int], dict[str, list[dict]]]:
+    """The seeds every method of ``files`` finished and those runs, methods in file order;
+    the files must have been run with the same seeds (in the same order)."""
+    seeds, results = None, {}
+    for path in files:
+        saved = json.loads(path.read_text())
+        if seeds is not None and saved["seeds"][: len(seeds)] != seeds[: len(saved["seeds"])]:
+            p.error(f"--from-json {path}: seeds {saved['seeds']}, the first file's {seeds}")
+        if seeds is None or len(saved["seeds"]) > len(seeds):
+            seeds = saved["seeds"]
+        for method, runs in saved["results"].items():
+            if method in results:
+                p.error(f"--from-json {path}: method {method!r} is in an earlier file too")
+            results[method] = runs
+    done = min(len(runs) for runs in results.values())  # seeds every method finished
+    return seeds[:done], {method: runs[:done] for method, runs in results.items()}
 
 
 def output_folder(out: Path | None, quick: bool) -> Path:
@@ -286,10 +316,13 @@ def main() -> None:
     p.add_argument(
         "--from-json",
         type=Path,
+        nargs="+",
         default=None,
         metavar="FILE",
-        help="no training: write the table and plot of an earlier run's JSON beside it, from "
-        "the seeds every method finished (a stopped run); give the run's other options too",
+        help="no training: write the table and plot of earlier runs' JSON beside the first "
+        "FILE, from the seeds every method finished (a stopped run); several FILEs (runs of "
+        "other methods with the same seeds and options) are joined into the first; give the "
+        "runs' other options too",
     )
     args = p.parse_args()
     args.out = output_folder(args.out, args.quick)
@@ -315,11 +348,10 @@ def main() -> None:
         + (f"-without-{args.leave_out}" if args.leave_out else "")
     )
     if args.from_json:
-        saved = json.loads(args.from_json.read_text())
-        results = saved["results"]
-        done = min(len(runs) for runs in results.values())  # seeds every method finished
-        seeds, stem = saved["seeds"][:done], args.from_json.with_suffix("")
-        results = {method: runs[:done] for method, runs in results.items()}
+        seeds, results = joined(args.from_json, p)
+        stem = args.from_json[0].with_suffix("")
+        if len(args.from_json) > 1:  # the table, plot and JSON describe the same runs
+            atomic_write_json(stem.with_suffix(".json"), {"seeds": seeds, "results": results})
     else:
         results = {method: [] for method in methods}
         for seed in seeds:  # every method of a seed before the next: a stopped run stays paired

@@ -126,6 +126,23 @@ def test_from_json_renders_the_seeds_every_method_finished(tmp_path):
     assert (tmp_path / "compare-synthetic.png").is_file()
 
 
+def test_from_json_joins_runs_of_other_methods_into_the_first_file(tmp_path):
+    import json
+
+    first, second = tmp_path / "compare-synthetic.json", tmp_path / "more.json"
+    runs = {"fedavg": [_run(0.5, 0.7, 0.6), _run(0.3, 0.5, 0.4)]}
+    first.write_text(json.dumps({"seeds": [0, 1], "results": runs}))
+    more = {"fedbcs": [_run(0.8, 0.6, 0.7), _run(0.1, 0.1, 0.1)]}
+    second.write_text(json.dumps({"seeds": [0, 1], "results": more}))
+    printed = _script("compare.py", "--from-json", str(first), str(second))
+    assert "seeds [0, 1]" in printed and "| fedbcs | selected |" in printed
+    assert "ordering on validation (" in printed
+    assert set(json.loads(first.read_text())["results"]) == {"fedavg", "fedbcs"}
+    second.write_text(json.dumps({"seeds": [1, 0], "results": more}))
+    with pytest.raises(AssertionError, match="seeds"):
+        _script("compare.py", "--from-json", str(first), str(second))
+
+
 def test_method_variants_set_options_of_the_methods_section(compare):
     assert compare.variant("fedbcs:cdpa=false,tau=0.5") == (
         "fedbcs",

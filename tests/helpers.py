@@ -17,7 +17,8 @@ def federation(cfg):
 
 
 def tiny_fedbcs(rounds: int = 2, **run):
-    """A 2-site FedBCS run on 32x32 synthetic images; ``run`` sets ``run.*`` keys."""
+    """A 2-site FedBCS run (FSR and CDPA) on 32x32 synthetic images; ``run`` sets ``run.*``
+    keys."""
     return resolve(
         options={
             "data": {
@@ -27,6 +28,7 @@ def tiny_fedbcs(rounds: int = 2, **run):
             },
             "model": {"width": 4},
             "train": {"rounds": rounds, "batch_size": 4, "method": "fedbcs"},
+            "fedbcs": {"cdpa": True},
             "run": run,
         }
     )

@@ -20,7 +20,7 @@ OPTIONS = {
     "data": {"image_size": 32, "synthetic": {"sites": 2, "images_per_site": 8}},
     "model": {"width": 4},
     "train": {"method": "fedbcs", "rounds": 3, "batch_size": 4},
-    "fedbcs": {"prototype_dim": 8},
+    "fedbcs": {"cdpa": True, "prototype_dim": 8},
     "run": {"log_images": 0, "loggers": ["csv", "tensorboard"]},
 }
 ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "offline"}

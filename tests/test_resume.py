@@ -20,6 +20,7 @@ SETS = [
     "data.synthetic.images_per_site=8",
     "train.batch_size=4",
     "run.log_images=0",
+    "fedbcs.cdpa=true",
 ]
 OPTIONS = {
     "data": {"name": "synthetic", "image_size": 32},

@@ -72,7 +72,8 @@ METHODS.register_lazy(
 METHODS.register_lazy(
     "fedbcs",
     "fedbcs_lightning.methods.fedbcs.strategy:FedBCS",
-    "FedBCS: FedAvg + frequency-domain style recalibration + dual-level prototype alignment",
+    "FedBCS: FedAvg + frequency-domain style recalibration (+ dual-level prototype alignment "
+    "with fedbcs.cdpa=true)",
 )
 METHODS.register_lazy(
     "fedprox",

@@ -87,6 +87,7 @@ def test_paper_presets_keep_the_reference_behaviour():
         assert cfg.train.batch_size == 6 and cfg.train.rounds == 400 and cfg.train.local_epochs == 1
         assert cfg.model.norm == "batch_stateless" and cfg.fedbcs.alignment == "paper"
         assert cfg.train.shuffle is False and cfg.data.eval_batch_size == 16
+        assert cfg.fedbcs.fsr and cfg.fedbcs.cdpa  # the paper's whole method
     assert nuclei.data.resize_whole and nuclei.data.intensity == "minmax"
     assert not nuclei.data.augment
     assert (prostate.data.augmentation, prostate.data.intensity) == ("rot90_flip", "raw")
@@ -94,6 +95,7 @@ def test_paper_presets_keep_the_reference_behaviour():
     assert prostate.data.volume_clip == [0, 99] and prostate.data.case_dice is False
     default = resolve("fedbcs")
     assert default.fedbcs.alignment == "stable" and default.train.shuffle is True
+    assert default.fedbcs.fsr and not default.fedbcs.cdpa  # chosen on validation (README)
 
 
 def test_fedbcs_section_is_validated():

@@ -13,7 +13,7 @@ def train(tmp_path_factory, method: str):
             "data": {"image_size": 32, "synthetic": {"sites": 2, "images_per_site": 6}},
             "model": {"width": 4},
             "train": {"rounds": 1, "method": method, "batch_size": 2, "lr": 0.01},
-            "fedbcs": {"prototype_dim": 8},
+            "fedbcs": {"cdpa": True, "prototype_dim": 8},
             "run": {"log_images": 0},
         }
     )

@@ -14,7 +14,7 @@ from fedbcs_lightning.models.unet import UNet
 
 def tiny(method: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    strategy = FedBCS(FedBCSConfig(prototype_dim=8)) if method == "fedbcs" else FedAvg()
+    strategy = FedBCS(FedBCSConfig(cdpa=True, prototype_dim=8)) if method == "fedbcs" else FedAvg()
     return strategy.configure_backbone(UNet(3, 3, width=4)).eval()
 
 

@@ -81,7 +81,7 @@ def test_the_norm_bound_is_relative_to_the_weights_sent():
 
 
 def fedbcs_strategy():
-    strategy = FedBCS(FedBCSConfig(prototype_dim=8))
+    strategy = FedBCS(FedBCSConfig(cdpa=True, prototype_dim=8))
     strategy.configure_backbone(UNet(3, 2, width=4))
     return strategy
 
@@ -161,7 +161,7 @@ def tiny(method="fedavg", **server):
             "data": {"image_size": 32, "synthetic": {"sites": 3, "images_per_site": 6}},
             "model": {"width": 4},
             "train": {"rounds": 2, "batch_size": 4, "method": method},
-            "fedbcs": {"prototype_dim": 8},
+            "fedbcs": {"cdpa": True, "prototype_dim": 8},
             "server": server,
         }
     )

@@ -93,6 +93,7 @@ def test_fedbcs_over_tls_with_site_authentication(tmp_path):
     keys = [arg for site in SITES for arg in ("--site-key", str(creds[f"{site}.pub"]))]
     try:
         options = ["--method", "fedbcs", "--rounds", "2", *THREE, "--set", "run.eval_every=2"]
+        options += ["--set", "fedbcs.cdpa=true"]  # prototypes travel too
         deployment.serve(*options, "--sites", "3", "--output", str(run), *keys)
         for site in SITES:
             deployment.join(site, "--key", str(creds[site]))

@@ -35,6 +35,7 @@ def config(method="fedavg", rounds=2, **server):
             "data": {"image_size": 32, "synthetic": {"sites": 2, "images_per_site": 8}},
             "model": {"width": 4},
             "train": {"rounds": rounds, "batch_size": 4, "method": method},
+            "fedbcs": {"cdpa": True},  # prototypes travel too
             "server": server,
         }
     )

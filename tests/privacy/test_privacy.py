@@ -26,7 +26,7 @@ def config(method="fedavg", rounds=2, privacy=None, **train):
             "data": {"image_size": 32, "synthetic": {"sites": 2, "images_per_site": 12}},
             "model": {"width": 4},
             "train": {"rounds": rounds, "batch_size": 4, "method": method, **train},
-            "fedbcs": {"prototype_dim": 8},
+            "fedbcs": {"cdpa": True, "prototype_dim": 8},
             "privacy": {"noise_seed": 7, **(privacy or {})},
         }
     )

@@ -93,7 +93,7 @@ class FedBCSConfig:
     fsr_levels: list[int] = field(default_factory=lambda: [2, 3, 4])  # 1-based encoder levels
     fsr_mode: str = "closed"  # closed (exact fast path) | fft | band
     fsr_bands: int = 4  # radial bands, for fsr_mode band
-    cdpa: bool = True  # context-aware dual-level prototype alignment
+    cdpa: bool = False  # context-aware dual-level prototype alignment (on in the paper presets)
     prototype_levels: list[str] = field(default_factory=lambda: ["encoder", "decoder"])
     prototype_dim: int = 256  # channels of each fused level
     prototype_mean: str = "batch"  # batch (mean of batch means, the reference) | pixel

@@ -24,7 +24,9 @@ def _run(cfg, rounds=2):
 
 @pytest.fixture
 def fedbcs_config(tiny_config):
-    return merge(tiny_config, {"train": {"method": "fedbcs"}, "fedbcs": {"prototype_dim": 8}})
+    return merge(
+        tiny_config, {"train": {"method": "fedbcs"}, "fedbcs": {"cdpa": True, "prototype_dim": 8}}
+    )
 
 
 def test_fedbcs_round_one_has_no_alignment_and_round_two_does(fedbcs_config):
@@ -77,7 +79,8 @@ def test_fsr_sits_after_levels_two_to_four_only():
 )
 def test_ablation_switches(tiny_config, switches, has_fsr, sides):
     cfg = merge(
-        tiny_config, {"train": {"method": "fedbcs"}, "fedbcs": {"prototype_dim": 8, **switches}}
+        tiny_config,
+        {"train": {"method": "fedbcs"}, "fedbcs": {"cdpa": True, "prototype_dim": 8, **switches}},
     )
     strategy = create_strategy(cfg)
     net = strategy.configure_backbone(UNet(3, 3, width=4))
@@ -126,6 +129,8 @@ def test_cli_fit_with_fedbcs(tmp_path):
             "model.width=4",
             "--set",
             "fedbcs.prototype_dim=8",
+            "--set",
+            "fedbcs.cdpa=true",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -146,7 +151,7 @@ def test_uploaded_prototypes_come_from_the_weights_the_step_used(tiny_config):
         {
             "train": {"method": "fedbcs", "batch_size": 16, "lr": 0.05},
             "data": {"augment": False},
-            "fedbcs": {"prototype_dim": 8},
+            "fedbcs": {"cdpa": True, "prototype_dim": 8},
         },
     )
     strategy, clients = federation(cfg)
@@ -206,7 +211,7 @@ def test_warmup_scales_the_alignment_loss_by_round(tiny_config):
         tiny_config,
         {
             "train": {"method": "fedbcs"},
-            "fedbcs": {"prototype_dim": 8, "max_anchors": 0, "warmup_rounds": 4},
+            "fedbcs": {"cdpa": True, "prototype_dim": 8, "max_anchors": 0, "warmup_rounds": 4},
         },
     )
     strategy, clients = federation(cfg)

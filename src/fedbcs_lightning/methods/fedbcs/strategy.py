@@ -3,7 +3,8 @@
 Server: weighted averaging of all weights (FSR and fusion layers included) composed with
 prototype aggregation (FINCH per level and class). Client: the alignment loss against the
 global prototypes (from round 2 on) and, during the last local epoch, the local class
-prototypes to upload.
+prototypes to upload. CDPA (the prototype half) is off unless ``fedbcs.cdpa`` is set: it
+did worse than FSR alone on validation (README, "Choosing the default").
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ class FedBCS(FedAvg):
     -------
     >>> from fedbcs_lightning.config import ConfigError, FedBCSConfig
     >>> from fedbcs_lightning.models.unet import UNet
-    >>> strategy = FedBCS(FedBCSConfig(prototype_dim=8))
+    >>> strategy = FedBCS(FedBCSConfig(cdpa=True, prototype_dim=8))
     >>> net = strategy.configure_backbone(UNet(3, 2, width=4))
     >>> sorted(net.encoder_transforms)
     ['1', '2', '3']

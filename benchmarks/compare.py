@@ -192,24 +192,36 @@ def report(header: str, results: dict[str, list[dict]]) -> str:
         f"ordering (selected on validation): {ordering(results)}\n\n"
         f"ordering (last round): {ordering(results, 'last')}\n\n"
         f"ordering on validation (highest mean validation Dice over the rounds, mean over "
-        f"seeds; what to choose a default on): {validation_ordering(results)}\n\n"
+        f"seeds, then each seed's; what to choose a default on): "
+        f"{validation_ordering(results)}\n\n"
         f"{curves(results)}"
     )
 
 
+def _ranked(scores: dict[str, list[float]], per_seed: bool = False) -> str:
+    """Methods by their mean score over seeds, highest first, in points."""
+    means = {m: statistics.mean(values) for m, values in scores.items()}
+    ranked = sorted(means, key=means.get, reverse=True)
+    return " > ".join(
+        f"{m} ({100 * means[m]:.1f}"
+        + (": " + " ".join(f"{100 * v:.1f}" for v in scores[m]) if per_seed else "")
+        + ")"
+        for m in ranked
+    )
+
+
 def validation_ordering(results: dict[str, list[dict]]) -> str:
-    best = {
-        m: statistics.mean(max(v for v in r["val_curve"] if not math.isnan(v)) for r in runs)
-        for m, runs in results.items()
-    }
-    ranked = sorted(best, key=best.get, reverse=True)
-    return " > ".join(f"{m} ({100 * best[m]:.1f})" for m in ranked)
+    return _ranked(
+        {
+            m: [max(v for v in r["val_curve"] if not math.isnan(v)) for r in runs]
+            for m, runs in results.items()
+        },
+        per_seed=True,
+    )
 
 
 def ordering(results: dict[str, list[dict]], kind: str = "selected") -> str:
-    means = {m: statistics.mean(r[f"mean_{kind}"] for r in runs) for m, runs in results.items()}
-    ranked = sorted(means, key=means.get, reverse=True)
-    return " > ".join(f"{m} ({100 * means[m]:.1f})" for m in ranked)
+    return _ranked({m: [r[f"mean_{kind}"] for r in runs] for m, runs in results.items()})
 
 
 def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:

@@ -45,8 +45,14 @@ NOISE_NAMES = {0.0: "off", -1.0: "off, GroupNorm"}
 GROUPNORM = -1.0  # the noise column's value of the non-private GroupNorm runs
 
 
-def run(label: str, noise: float, seed: int, args) -> dict:
+def variant(label: str) -> tuple[str, list[str]]:
+    """``fedbcs:fedbcs.weight=0.1`` -> method ``fedbcs`` with that override."""
     method, _, own = label.partition(":")
+    return method, [override for override in own.split(",") if override]
+
+
+def run(label: str, noise: float, seed: int, args) -> dict:
+    method, own = variant(label)
     options = {
         "data": {"name": args.dataset, "image_size": args.image_size, "crops_per_image": 1},
         "model": {"width": args.width, "norm": "group" if noise == GROUPNORM else "batch"},
@@ -64,7 +70,7 @@ def run(label: str, noise: float, seed: int, args) -> dict:
             noise_multiplier=noise,
             prototype_noise_multiplier=args.prototype_noise,
         )
-    config = resolve(overrides=[*args.set, *filter(None, own.split(","))], options=options)
+    config = resolve(overrides=[*args.set, *own], options=options)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         result = fit(config, run_dir=tmp, progress=False).result
@@ -174,12 +180,9 @@ def main() -> None:
     p.add_argument("--reuse", action="store_true", help="keep earlier runs of these settings")
     args = p.parse_args()
     for label in args.methods:  # fail before any training
-        method, _, own = label.partition(":")
+        method, own = variant(label)
         try:
-            resolve(
-                overrides=[*args.set, *filter(None, own.split(","))],
-                options={"train": {"method": method}},
-            )
+            resolve(overrides=[*args.set, *own], options={"train": {"method": method}})
         except ConfigError as err:
             p.error(f"{label}: {err}")
     if args.quick:

@@ -136,7 +136,7 @@ def test_from_json_joins_runs_of_other_methods_into_the_first_file(tmp_path):
     second.write_text(json.dumps({"seeds": [0, 1], "results": more}))
     printed = _script("compare.py", "--from-json", str(first), str(second))
     assert "seeds [0, 1]" in printed and "| fedbcs | selected |" in printed
-    assert "ordering on validation (" in printed
+    assert "fedavg (50.0: 60.0 40.0) > fedbcs (40.0: 70.0 10.0)" in printed  # best per seed
     assert set(json.loads(first.read_text())["results"]) == {"fedavg", "fedbcs"}
     second.write_text(json.dumps({"seeds": [1, 0], "results": more}))
     with pytest.raises(AssertionError, match="seeds"):
@@ -224,3 +224,9 @@ def test_gpu_throughput_quick_runs_on_the_cpu_and_reports_both_methods():
     assert set(result["results"]) == {"fedavg 32 eager", "fedbcs 32 eager"}
     for run in result["results"].values():
         assert run["images_per_s"] > 0 and run["rounds_timed"] == 2
+
+
+def test_privacy_refuses_a_bad_option_before_any_training(tmp_path):
+    with pytest.raises(AssertionError, match=r"fedbcs:fedbcs\.nope=1: unknown config key"):
+        _script("privacy.py", "--methods", "fedavg", "fedbcs:fedbcs.nope=1", "--out", str(tmp_path))
+    assert not list(tmp_path.iterdir())  # nothing trained, nothing written

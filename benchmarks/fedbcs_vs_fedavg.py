@@ -6,7 +6,7 @@ selected on validation and with the last round's model. Reported: mean over site
 mean Dice over regions (disc, cup), mean ± std over seeds.
 
     python benchmarks/fedbcs_vs_fedavg.py            # 64x64, 20 rounds, seeds 0 1 2
-    python benchmarks/fedbcs_vs_fedavg.py --quick    # 32x32, 4 rounds, seed 0, 2 variants
+    python benchmarks/fedbcs_vs_fedavg.py --quick    # 32x32, 4 rounds, seed 0, 3 variants
 """
 
 from __future__ import annotations
@@ -21,22 +21,23 @@ from fedbcs_lightning.api import fit
 from fedbcs_lightning.config import resolve
 from fedbcs_lightning.evaluation.metrics import mean_over_sites
 
+CDPA = {"train": {"method": "fedbcs"}, "fedbcs": {"cdpa": True}}
 VARIANTS = {
     "fedavg": {"train": {"method": "fedavg"}},
-    "fedbcs": {"train": {"method": "fedbcs"}},
-    "fedbcs, no FSR (CDPA only)": {"train": {"method": "fedbcs"}, "fedbcs": {"fsr": False}},
-    "fedbcs, no CDPA (FSR only)": {"train": {"method": "fedbcs"}, "fedbcs": {"cdpa": False}},
-    "fedbcs, encoder level only": {
-        "train": {"method": "fedbcs"},
-        "fedbcs": {"prototype_levels": ["encoder"]},
+    "fedbcs (default: FSR alone)": {"train": {"method": "fedbcs"}},
+    "fedbcs with CDPA (the paper's)": CDPA,
+    "fedbcs, CDPA alone (no FSR)": {**CDPA, "fedbcs": {"cdpa": True, "fsr": False}},
+    "fedbcs with CDPA, encoder level only": {
+        **CDPA,
+        "fedbcs": {"cdpa": True, "prototype_levels": ["encoder"]},
     },
-    "fedbcs, decoder level only": {
-        "train": {"method": "fedbcs"},
-        "fedbcs": {"prototype_levels": ["decoder"]},
+    "fedbcs with CDPA, decoder level only": {
+        **CDPA,
+        "fedbcs": {"cdpa": True, "prototype_levels": ["decoder"]},
     },
-    "fedbcs, plain mean instead of FINCH": {
-        "train": {"method": "fedbcs"},
-        "fedbcs": {"clustering": "mean"},
+    "fedbcs with CDPA, plain mean instead of FINCH": {
+        **CDPA,
+        "fedbcs": {"cdpa": True, "clustering": "mean"},
     },
 }
 
@@ -74,7 +75,7 @@ def main() -> None:
     size = args.image_size or (32 if args.quick else 64)
     rounds = args.rounds or (4 if args.quick else 20)
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    names = args.variants or (["fedavg", "fedbcs"] if args.quick else list(VARIANTS))
+    names = args.variants or (list(VARIANTS)[:3] if args.quick else list(VARIANTS))
     results = {
         name: [run_variant(VARIANTS[name], s, size, rounds, args.width) for s in seeds]
         for name in names

@@ -2,7 +2,8 @@
 and with or without ``torch.compile``.
 
 Two synthetic sites train the reference U-Net through the library (``FederatedTrainer``,
-Lightning, the method's hooks: FedBCS's alignment runs from round 2). A round's training
+Lightning, the method's hooks): FedAvg, FedBCS's default (FSR alone) and FedBCS with
+CDPA (``fedbcs-cdpa``, whose alignment runs from round 2). A round's training
 time runs from its start to the last site's update (validation only after the last
 round, which is not timed); rounds 1 and 2 are warm-up (compilation, the first
 alignment). Reported per configuration: the median over the timed rounds of training
@@ -42,18 +43,30 @@ class TrainClock(FederatedCallback):
         self.seconds[server_round] = time.perf_counter() - self.start
 
 
+METHODS = {  # name: config sections that select it
+    "fedavg": {"train": {"method": "fedavg"}},
+    "fedbcs": {"train": {"method": "fedbcs"}},  # the default: FSR alone
+    "fedbcs-cdpa": {"train": {"method": "fedbcs"}, "fedbcs": {"cdpa": True}},
+}
+
+
 def measure(method: str, precision: str, compiled: bool, args) -> dict:
     import torch
 
     config = resolve(
         options={
+            **METHODS[method],
             "data": {
                 "image_size": args.image_size,
                 "synthetic": {"sites": 2, "images_per_site": args.images},
                 "augment": False,
             },
             "model": {"width": args.width},
-            "train": {"method": method, "rounds": args.rounds, "batch_size": args.batch},
+            "train": {
+                **METHODS[method]["train"],
+                "rounds": args.rounds,
+                "batch_size": args.batch,
+            },
             "run": {
                 "precision": precision,
                 "compile": compiled,
@@ -99,9 +112,7 @@ def main() -> None:
     precisions = ["32"] if quick else ["32", "bf16-mixed"]
     compiles = [False] if quick else [False, True]
     results = {}
-    for precision, compiled, method in itertools.product(
-        precisions, compiles, ["fedavg", "fedbcs"]
-    ):
+    for precision, compiled, method in itertools.product(precisions, compiles, METHODS):
         key = f"{method} {precision} {'compile' if compiled else 'eager'}"
         results[key] = measure(method, precision, compiled, args)
     rows = []

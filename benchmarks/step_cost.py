@@ -6,14 +6,21 @@ prototype accumulation of the last local epoch, with global prototypes present s
 alignment loss is computed. Reported: median step time over the timed steps, its ratio to
 FedAvg measured in the same run, and the peak resident memory of the process.
 
+Memory is reported twice: the process's peak resident memory, and its growth from just
+before the first step (what training itself holds: activations, gradients, optimiser
+moments), each with its ratio to FedAvg.
+
 Variants:
 - fedavg: segmentation loss only.
-- fedbcs: the default (closed-form FSR; fusion convolutions applied only to anchor
-  features and class sums, never densely; at most 1024 anchors per class and level).
-- fedbcs-all-anchors: the same with every foreground pixel as an anchor (as the paper).
+- fedbcs: the default, FSR alone (closed form; no prototypes, no alignment loss).
 - fedbcs-fft-fsr: the default with FSR computed through the FFT.
-- fedbcs-dense: descriptors as the reference computes them (concat with the upsampled
-  context at full resolution, 1x1 conv, 768-channel map materialised at e1's
+- fedbcs-cdpa: FSR and CDPA, the paper's whole method (fusion convolutions applied only
+  to anchor features and class sums, never densely; at most 1024 anchors per class and
+  level).
+- fedbcs-cdpa-all-anchors: the same with every foreground pixel as an anchor (as the
+  paper).
+- fedbcs-cdpa-dense: descriptors as the reference computes them (concat with the
+  upsampled context at full resolution, 1x1 conv, 768-channel map materialised at e1's
   resolution), every foreground pixel an anchor.
 
     python benchmarks/step_cost.py            # width 32, 128x128, batch 6, 12 steps
@@ -32,9 +39,10 @@ from common import emit, markdown_table, parser
 VARIANTS = {  # FedBCS options per variant (None: FedAvg)
     "fedavg": None,
     "fedbcs": {},
-    "fedbcs-all-anchors": {"max_anchors": 0},
     "fedbcs-fft-fsr": {"fsr_mode": "fft"},
-    "fedbcs-dense": {"max_anchors": 0},
+    "fedbcs-cdpa": {"cdpa": True},
+    "fedbcs-cdpa-all-anchors": {"cdpa": True, "max_anchors": 0},
+    "fedbcs-cdpa-dense": {"cdpa": True, "max_anchors": 0},
 }
 
 
@@ -98,9 +106,11 @@ def _measure(variant: str, width: int, size: int, batch: int, steps: int, queue)
         opts = FedBCSConfig(**VARIANTS[variant])
         strategy = FedBCS(opts)
         net = strategy.configure_backbone(net)
-        if variant == "fedbcs-dense":
+        if variant == "fedbcs-cdpa-dense":
             _dense_descriptors(net)
-        (hook,) = strategy.client_hooks()
+        hooks = strategy.client_hooks()  # none for FSR alone
+        hook = hooks[0] if hooks else None
+    if hook is not None:
         dim = 3 * opts.prototype_dim
         bank = PrototypeBank(
             {(lvl, c): torch.randn(2, dim) for lvl in ("encoder", "decoder") for c in range(3)}
@@ -111,6 +121,7 @@ def _measure(variant: str, width: int, size: int, batch: int, steps: int, queue)
             current_epoch = 0
 
         hook.on_fit_start(Module, Instruction({}, {"prototypes": bank.to_dict()}))
+    start_mb = _resident_mb()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     times = []
     for _ in range(steps + 2):
@@ -126,7 +137,21 @@ def _measure(variant: str, width: int, size: int, batch: int, steps: int, queue)
             hook.on_train_batch_end(Module, (images, masks), output, 0)
         times.append(time.perf_counter() - start)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put({"variant": variant, "median_s": statistics.median(times[2:]), "peak_mb": peak_mb})
+    queue.put(
+        {
+            "variant": variant,
+            "median_s": statistics.median(times[2:]),
+            "peak_mb": peak_mb,
+            "training_mb": peak_mb - start_mb,
+        }
+    )
+
+
+def _resident_mb() -> float:
+    """The process's resident memory now (Linux), in MB."""
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
 
 
 def fsr_layer_times(width: int, size: int, batch: int, repeats: int = 20) -> list[dict]:
@@ -175,9 +200,11 @@ def main() -> None:
         proc.start()
         rows.append(queue.get())
         proc.join()
-    base = rows[0]["median_s"]
+    base = rows[0]
     for row in rows:
-        row["ratio"] = row["median_s"] / base
+        row["ratio"] = row["median_s"] / base["median_s"]
+        row["peak_ratio"] = row["peak_mb"] / base["peak_mb"]
+        row["training_ratio"] = row["training_mb"] / base["training_mb"]
     result = {
         "width": width,
         "image_size": size,
@@ -187,9 +214,25 @@ def main() -> None:
         "fsr_layer": fsr_layer_times(width, size, args.batch_size, fsr_repeats),
     }
     table = markdown_table(
-        ["variant", "median step (s)", "ratio to fedavg", "peak RSS (MB)"],
         [
-            [r["variant"], f"{r['median_s']:.3f}", f"{r['ratio']:.2f}", f"{r['peak_mb']:.0f}"]
+            "variant",
+            "median step (s)",
+            "ratio to fedavg",
+            "peak RSS (MB)",
+            "ratio",
+            "training memory (MB)",
+            "ratio",
+        ],
+        [
+            [
+                r["variant"],
+                f"{r['median_s']:.3f}",
+                f"{r['ratio']:.2f}",
+                f"{r['peak_mb']:.0f}",
+                f"{r['peak_ratio']:.2f}",
+                f"{r['training_mb']:.0f}",
+                f"{r['training_ratio']:.2f}",
+            ]
             for r in rows
         ],
     )

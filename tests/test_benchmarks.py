@@ -210,6 +210,36 @@ def test_loop_overhead_quick_times_three_loops():
     assert len(times) == 3 and all(len(t) == 2 and min(t) > 0 for t in times.values())
 
 
+def test_step_cost_quick_reports_time_and_memory_against_fedavg():
+    rows = {r["variant"]: r for r in _quick("step_cost.py")["rows"]}
+    assert list(rows) == [
+        "fedavg",
+        "fedbcs",
+        "fedbcs-fft-fsr",
+        "fedbcs-cdpa",
+        "fedbcs-cdpa-all-anchors",
+        "fedbcs-cdpa-dense",
+    ]
+    assert rows["fedavg"]["ratio"] == rows["fedavg"]["peak_ratio"] == 1.0
+    for row in rows.values():
+        assert row["median_s"] > 0 and row["peak_mb"] > 0 and row["training_mb"] > 0
+    # the reference's dense descriptors hold 768-channel maps at full resolution
+    assert rows["fedbcs-cdpa-dense"]["training_mb"] > rows["fedbcs-cdpa"]["training_mb"]
+
+
+def test_fedbcs_vs_fedavg_quick_trains_the_default_and_the_papers_fedbcs():
+    results = _quick("fedbcs_vs_fedavg.py")["results"]
+    assert list(results) == [
+        "fedavg",
+        "fedbcs (default: FSR alone)",
+        "fedbcs with CDPA (the paper's)",
+    ]
+    for (run,) in results.values():
+        assert 0 <= run["selected"] <= 1 and 1 <= run["best_round"] <= 4
+    # the variants train different models from the same start
+    assert len({run["last"] for (run,) in results.values()}) == 3
+
+
 def test_privacy_quick_reports_dice_against_epsilon():
     rows = _quick("privacy.py")["rows"]
     assert {(r["method"], r["noise"]) for r in rows} == {
@@ -219,9 +249,9 @@ def test_privacy_quick_reports_dice_against_epsilon():
     assert all(0 < r["epsilon"] < float("inf") and 0 <= r["selected"] <= 1 for r in private)
 
 
-def test_gpu_throughput_quick_runs_on_the_cpu_and_reports_both_methods():
+def test_gpu_throughput_quick_runs_on_the_cpu_and_reports_every_method():
     result = _quick("gpu_throughput.py")
-    assert set(result["results"]) == {"fedavg 32 eager", "fedbcs 32 eager"}
+    assert set(result["results"]) == {"fedavg 32 eager", "fedbcs 32 eager", "fedbcs-cdpa 32 eager"}
     for run in result["results"].values():
         assert run["images_per_s"] > 0 and run["rounds_timed"] == 2
 

@@ -1,6 +1,7 @@
 import torch
 
 from fedbcs_lightning.callbacks import FederatedCallback
+from fedbcs_lightning.config import resolve
 from fedbcs_lightning.data import load_dataset, make_splits
 from fedbcs_lightning.federation.build import build_clients
 from fedbcs_lightning.federation.trainer import FederatedTrainer
@@ -189,3 +190,38 @@ def test_channels_last_and_compile_train_the_same_model(tiny_config):
         moved = torch.cat([(plain[k] - start[k]).flatten() for k in keys]).norm()
         apart = torch.cat([(weights[k] - plain[k]).flatten() for k in keys]).norm()
         assert apart < 0.1 * moved  # rounding apart (Adam turns it into small step changes)
+
+
+class EpochsSeen(ClientHook):
+    def __init__(self):
+        self.steps = []
+
+    def on_train_batch_end(self, module, batch, output, epoch):
+        self.steps.append((epoch, module.global_step))
+
+
+def test_a_client_keeps_its_lightning_trainer_and_each_round_starts_afresh():
+    cfg = resolve(
+        options={
+            "data": {"image_size": 32, "synthetic": {"sites": 1, "images_per_site": 10}},
+            "model": {"width": 4},
+            "train": {"batch_size": 4, "local_epochs": 2},
+        }
+    )
+    kept, fresh = (_federation(cfg, FedAvg())[0] for _ in range(2))
+    seen = EpochsSeen()
+    kept.module.hooks.append(seen)
+    weights = kept.get_weights()
+    for server_round in (1, 2):
+        fresh._trainer = None  # a new Lightning Trainer every round, as before
+        instruction = FedAvg().configure_train(server_round, weights, [kept.name])[kept.name]
+        a, b = kept.fit(instruction), fresh.fit(instruction)
+        assert all(torch.equal(a.weights[k], b.weights[k]) for k in a.weights)
+        assert a.metrics == b.metrics
+        weights = a.weights
+    trainer = kept._trainer
+    assert trainer is not None and kept.fit(instruction) and kept._trainer is trainer
+    # every round counts epochs and steps from 0, as a new Trainer would
+    per_round = len(seen.steps) // 3
+    assert seen.steps[:per_round] == seen.steps[per_round : 2 * per_round]
+    assert seen.steps[0] == (0, 1) and seen.steps[per_round - 1][0] == 1  # after step 1

@@ -197,6 +197,7 @@ class FederatedClient:
         self.whole_image_pixels = whole_image_pixels
         self.seed = seed
         self.precision = precision
+        self._trainer: L.Trainer | None = None
 
     def load(self, instruction: Instruction) -> None:
         """Load the weights the server sent; keys it left out stay local."""
@@ -244,22 +245,12 @@ class FederatedClient:
         for hook in self.module.hooks:
             hook.on_fit_start(self.module, instruction)
         self.module.loss_sums, self.module.steps, self.module._recorded_step = {}, 0, None
-        trainer = L.Trainer(
-            max_epochs=self.local_epochs,
-            accelerator=self.accelerator,
-            devices=1,
-            precision=self.precision,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-        )
+        trainer = self._local_trainer()
         try:
             trainer.fit(self.module, train_dataloaders=self.loaders["train"])
-        except SystemExit:
-            if not trainer.interrupted:
+        except BaseException as err:
+            self._trainer = None  # a failed fit leaves no state behind for the next round
+            if not (isinstance(err, SystemExit) and trainer.interrupted):
                 raise
             # Lightning answers Ctrl-C with exit(1) and ignores SIGINT from then on; give the
             # caller the KeyboardInterrupt back (and Ctrl-C its usual meaning).
@@ -270,13 +261,42 @@ class FederatedClient:
             payload.update(hook.on_fit_end(self.module))
         steps = max(self.module.steps, 1)
         metrics = {f"loss/{k}": v / steps for k, v in self.module.loss_sums.items()}
-        self.module.cpu()
+        if self.module.device.type != "cpu":
+            self.module.cpu()
         update = ClientUpdate(
             self.name, self.get_weights(), self.num_train_examples, metrics, payload
         )
         for hook in self.module.hooks:  # the one place an upload passes before it leaves
             update = hook.before_upload(update)
         return update
+
+    def _local_trainer(self) -> L.Trainer:
+        """This client's Lightning ``Trainer``, built once and kept between rounds (building
+        one costs about as much as a small round's steps); each round gets fresh loops, so
+        it starts at epoch 0 and step 0 as a new ``Trainer`` would."""
+        if self._trainer is None:
+            self._trainer = L.Trainer(
+                max_epochs=self.local_epochs,
+                accelerator=self.accelerator,
+                devices=1,
+                precision=self.precision,
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                num_sanity_val_steps=0,
+                limit_val_batches=0,
+            )
+            return self._trainer
+        trainer = self._trainer
+        fit_loop, epoch_loop = trainer.fit_loop, trainer.fit_loop.epoch_loop
+        trainer.fit_loop = type(fit_loop)(
+            trainer, min_epochs=fit_loop.min_epochs, max_epochs=fit_loop.max_epochs
+        )
+        trainer.fit_loop.epoch_loop = type(epoch_loop)(
+            trainer, min_steps=epoch_loop.min_steps, max_steps=epoch_loop.max_steps
+        )
+        return trainer
 
     def evaluate(
         self, instruction: Instruction, split: str = "val", surface_metrics: bool = False

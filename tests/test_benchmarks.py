@@ -203,6 +203,7 @@ def test_checkpoint_cost_quick_stores_shared_tensors_once():
         # after validation the clients and the selected model hold the global weights:
         # one copy instead of six (the clients' optimiser moments stay their own)
         assert result[method]["shared_bytes"] < 0.8 * result[method]["separate_bytes"]
+        assert result[method]["now_bytes"] == result[method]["shared_bytes"]  # CRCs: no bytes
 
 
 def test_loop_overhead_quick_times_three_loops():

@@ -46,10 +46,10 @@ KILLS = {
             handle.write(b"partial" * 1000)
             handle.flush()
             os.kill(os.getpid(), signal.SIGKILL)
-        def atomic_torch_save(path, obj):
+        def atomic_torch_save(path, obj, **options):
             if path.name == "state.pt" and obj["trainer"]["round"] == 2:
                 return atomic_write(path, half_then_die)
-            return save(path, obj)
+            return save(path, obj, **options)
         builtin.atomic_torch_save = atomic_torch_save
     """,
     # during the final test evaluation, after the last round's state is saved

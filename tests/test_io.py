@@ -34,3 +34,28 @@ def test_ctrl_c_during_a_write_takes_effect_once_the_file_is_in_place(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         atomic_write(target, save)
     assert torch.equal(torch.load(target, weights_only=True)["x"], torch.ones(3))
+
+
+def test_a_save_without_checksums_loads_the_same_and_leaves_the_setting_alone(tmp_path):
+    import zipfile
+
+    import torch
+
+    from fedbcs_lightning.io import atomic_torch_save, load_checkpoint
+
+    obj = {"state_dict": {"w": torch.arange(1000.0)}, "round": 3}
+    atomic_torch_save(tmp_path / "with.pt", obj)
+    atomic_torch_save(tmp_path / "without.pt", obj, checksums=False)
+    for name in ("with.pt", "without.pt"):
+        loaded = load_checkpoint(tmp_path / name)
+        assert torch.equal(loaded["state_dict"]["w"], obj["state_dict"]["w"])
+        assert loaded["round"] == 3
+    crcs = {
+        name: [i.CRC for i in zipfile.ZipFile(tmp_path / name).infolist() if i.file_size > 100]
+        for name in ("with.pt", "without.pt")
+    }
+    assert all(crcs["with.pt"]) and not any(crcs["without.pt"])
+    atomic_torch_save(tmp_path / "again.pt", obj)  # the default is restored
+    assert all(
+        i.CRC for i in zipfile.ZipFile(tmp_path / "again.pt").infolist() if i.file_size > 100
+    )

@@ -111,6 +111,7 @@ class CheckpointWriter(FederatedCallback):
             atomic_torch_save(
                 self.dir / "state.pt",
                 {"state_dict": state["weights"], "trainer": state, **self._metadata()},
+                checksums=False,  # rewritten every round and read back only by resume
             )
 
     def on_fit_end(self, trainer: Any, result: Any) -> None:

@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from fedbcs_lightning.api import ResumeError, fit, resume
+from fedbcs_lightning.callbacks import FederatedCallback
 from fedbcs_lightning.config import resolve
 
 SETS = [
@@ -129,3 +130,78 @@ def test_cli_resume_refuses_other_options(tmp_path):
     result = CliRunner().invoke(app, ["fit", "--resume", str(tmp_path), "--method", "fedavg"])
     assert result.exit_code == 2
     assert "drop --method" in result.output
+
+
+class _StopInRound(FederatedCallback):
+    def __init__(self, server_round):
+        self.server_round = server_round
+
+    def on_round_start(self, trainer, server_round):
+        if server_round == self.server_round:
+            raise KeyboardInterrupt
+
+
+def test_the_state_written_in_the_background_is_the_rounds_end(tmp_path, monkeypatch):
+    from fedbcs_lightning.callbacks import builtin
+
+    written = {}
+    save = builtin.atomic_torch_save
+
+    def slow_save(path, obj, **options):  # finishes long after the next round started
+        time.sleep(1.0)
+        written[obj["trainer"]["round"]] = obj["trainer"]["clients"]
+        return save(path, obj, **options)
+
+    monkeypatch.setattr(builtin, "atomic_torch_save", slow_save)
+    cfg = _config(rounds=4, method="fedavg")
+    with pytest.raises(KeyboardInterrupt):  # the end of a stopped fit waits for the write
+        fit(cfg, run_dir=tmp_path / "stopped", callbacks=[_StopInRound(4)], progress=False)
+    assert _saved_round(tmp_path / "stopped" / "checkpoints" / "state.pt") == 3
+    # round 2's saved optimiser moments are round 2's, though round 3 trained meanwhile
+    monkeypatch.setattr(builtin, "atomic_torch_save", save)
+    straight = fit(_config(rounds=2, method="fedavg"), tmp_path / "two", progress=False)
+    saved = torch.load(straight.run_dir / "checkpoints" / "state.pt", weights_only=True)
+    for name, client in saved["trainer"]["clients"].items():
+        moments = client["optimizer"]["state"]
+        for index, values in moments.items():
+            stored = written[2][name]["optimizer"]["state"][index]
+            assert all(torch.equal(stored[k], v) for k, v in values.items())
+
+
+def test_a_failed_background_write_stops_the_fit_with_its_error(tmp_path, monkeypatch):
+    from fedbcs_lightning.callbacks import builtin
+
+    def full_disk(path, obj, **options):
+        raise builtin_error
+
+    builtin_error = OSError(28, "No space left on device")
+    monkeypatch.setattr(builtin, "atomic_torch_save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        fit(_config(rounds=2, method="fedavg"), run_dir=tmp_path, progress=False)
+    assert not (tmp_path / "summary.json").exists()  # not marked finished
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_flower_servers_write_the_state_before_the_next_round(tmp_path, monkeypatch, background):
+    """Flower sites drop states older than the server's last saved round, so a Flower
+    server (``background=False``) has the state on disk before the next round starts."""
+    import threading
+
+    from fedbcs_lightning.callbacks import builtin
+
+    save, writers = builtin.atomic_torch_save, []
+
+    def recorded(path, obj, **options):
+        writers.append(threading.current_thread() is threading.main_thread())
+        return save(path, obj, **options)
+
+    monkeypatch.setattr(builtin, "atomic_torch_save", recorded)
+    from fedbcs_lightning.api import InProcess
+    from fedbcs_lightning.federation.trainer import FederatedTrainer
+
+    cfg = _config(rounds=2, method="fedavg")
+    setup = InProcess().prepare(cfg)
+    writer = builtin.CheckpointWriter(tmp_path, cfg.to_dict(), setup.data_info, 1, background)
+    FederatedTrainer(setup.clients, setup.strategy, 2, [writer]).fit(setup.initial_weights)
+    assert writers[:2] == [not background] * 2  # state.pt of rounds 1 and 2
+    assert _saved_round(tmp_path / "checkpoints" / "state.pt") == 2

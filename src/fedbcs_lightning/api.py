@@ -278,7 +278,15 @@ def _trainer(
     class_names = setup.data_info["class_names"]
     all_callbacks = [
         MetricsWriter(run_dir),
-        CheckpointWriter(run_dir, config.to_dict(), setup.data_info, config.run.checkpoint_every),
+        CheckpointWriter(
+            run_dir,
+            config.to_dict(),
+            setup.data_info,
+            config.run.checkpoint_every,
+            # Flower sites drop their states older than the server's last saved round,
+            # which must then be on disk: the server writes before the next round
+            background=getattr(setup.clients, "local", True),
+        ),
     ]
     if progress:
         all_callbacks.append(RoundProgress())

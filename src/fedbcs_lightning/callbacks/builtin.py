@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -79,6 +83,12 @@ class CheckpointWriter(FederatedCallback):
     checkpoint holds the resolved config, the data set's description and the library
     versions. Writes are atomic.
 
+    With ``background`` (the default), ``state.pt`` is written in the background: the
+    state is copied when the round ends and serialised while the next round trains (one
+    write at a time; a failed write is raised at the next one or at the end). The fit's
+    end, and any exception ending it, waits for the write in flight, so a stopped run
+    keeps its last saved round. ``background=False`` writes before the next round starts.
+
     It runs after every other callback (``runs_last``): a round in ``state.pt`` has been
     recorded by every logger, and ``summary.json``, written last, marks a finished run.
     """
@@ -91,11 +101,15 @@ class CheckpointWriter(FederatedCallback):
         config: dict[str, Any],
         data_info: dict[str, Any],
         every: int = 1,
+        background: bool = True,
     ) -> None:
         self.dir = Path(run_dir) / "checkpoints"
         self.config = config
         self.data_info = data_info
         self.every = every
+        self.background = background
+        self._writing: threading.Thread | None = None
+        self._failure: BaseException | None = None
 
     def _metadata(self) -> dict[str, Any]:
         return {"config": self.config, "data": self.data_info, "versions": versions()}
@@ -106,16 +120,47 @@ class CheckpointWriter(FederatedCallback):
         )
 
     def on_round_end(self, trainer: Any, server_round: int, record: dict[str, Any]) -> None:
-        if server_round % self.every == 0 or server_round == trainer.rounds:
-            state = trainer.state_dict()
-            atomic_torch_save(
-                self.dir / "state.pt",
-                {"state_dict": state["weights"], "trainer": state, **self._metadata()},
-                checksums=False,  # rewritten every round and read back only by resume
-            )
+        if not (server_round % self.every == 0 or server_round == trainer.rounds):
+            return
+        state = trainer.state_dict()
+        payload = {"state_dict": state["weights"], "trainer": state, **self._metadata()}
+        self.wait()
+        if not self.background:
+            self._write_state(payload)
+            self.wait()
+            return
+        # A copy: training goes on mutating the optimisers' moments and the history
+        # (deepcopy keeps the tensors that are shared shared, so they are stored once).
+        snapshot = copy.deepcopy(payload)
+        self._writing = threading.Thread(
+            target=self._write_state, args=(snapshot,), name="fedbcs-checkpoint"
+        )
+        self._writing.start()
+
+    def _write_state(self, snapshot: dict[str, Any]) -> None:
+        try:
+            # rewritten every round and read back only by resume: no zip checksums
+            atomic_torch_save(self.dir / "state.pt", snapshot, checksums=False)
+        except BaseException as err:  # raised in the fit's thread by wait()
+            self._failure = err
+
+    def wait(self) -> None:
+        """Block until the state being written is on disk; raise what its write raised."""
+        if self._writing is not None:
+            self._writing.join()
+            self._writing = None
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+
+    def on_exception(self, trainer: Any, error: BaseException) -> None:
+        with contextlib.suppress(Exception):  # the error ending the fit is the one to report
+            self.wait()
 
     def on_fit_end(self, trainer: Any, result: Any) -> None:
         from fedbcs_lightning.evaluation.metrics import mean_over_sites
+
+        self.wait()
 
         self._save("last.pt", result.last_weights, trainer.server_round)
         self._save("selected.pt", result.selected_weights, result.best_round)
@@ -134,6 +179,11 @@ class CheckpointWriter(FederatedCallback):
 
 def versions() -> dict[str, str]:
     """Versions of the libraries that shape a run's numbers."""
+    return dict(_installed_versions())
+
+
+@functools.cache
+def _installed_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}

@@ -2,6 +2,7 @@
 
 import math
 
+from fedbcs_lightning.callbacks import FederatedCallback
 from fedbcs_lightning.config import resolve
 from fedbcs_lightning.data import load_dataset, make_splits
 from fedbcs_lightning.federation.build import build_clients
@@ -40,3 +41,14 @@ def last(run):
 
 def same(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+
+
+class StopBefore(FederatedCallback):
+    """Stops a fit as Ctrl-C would, at the start of round ``server_round``."""
+
+    def __init__(self, server_round):
+        self.server_round = server_round
+
+    def on_round_start(self, trainer, server_round):
+        if server_round == self.server_round:
+            raise KeyboardInterrupt

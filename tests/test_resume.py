@@ -12,8 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 from fedbcs_lightning.api import ResumeError, fit, resume
-from fedbcs_lightning.callbacks import FederatedCallback
 from fedbcs_lightning.config import resolve
+from tests.helpers import StopBefore
 
 SETS = [
     "model.width=4",
@@ -132,15 +132,6 @@ def test_cli_resume_refuses_other_options(tmp_path):
     assert "drop --method" in result.output
 
 
-class _StopInRound(FederatedCallback):
-    def __init__(self, server_round):
-        self.server_round = server_round
-
-    def on_round_start(self, trainer, server_round):
-        if server_round == self.server_round:
-            raise KeyboardInterrupt
-
-
 def test_the_state_written_in_the_background_is_the_rounds_end(tmp_path, monkeypatch):
     from fedbcs_lightning.callbacks import builtin
 
@@ -155,7 +146,7 @@ def test_the_state_written_in_the_background_is_the_rounds_end(tmp_path, monkeyp
     monkeypatch.setattr(builtin, "atomic_torch_save", slow_save)
     cfg = _config(rounds=4, method="fedavg")
     with pytest.raises(KeyboardInterrupt):  # the end of a stopped fit waits for the write
-        fit(cfg, run_dir=tmp_path / "stopped", callbacks=[_StopInRound(4)], progress=False)
+        fit(cfg, run_dir=tmp_path / "stopped", callbacks=[StopBefore(4)], progress=False)
     assert _saved_round(tmp_path / "stopped" / "checkpoints" / "state.pt") == 3
     # round 2's saved optimiser moments are round 2's, though round 3 trained meanwhile
     monkeypatch.setattr(builtin, "atomic_torch_save", save)

@@ -17,7 +17,7 @@ from fedbcs_lightning.privacy.accounting import PrivacyLedger
 from fedbcs_lightning.privacy.hooks import EPSILON, PLANNED, SamplePrivacy, clip_update
 from fedbcs_lightning.privacy.prototypes import release_prototypes
 from fedbcs_lightning.privacy.server import ClientLevelPrivacy
-from tests.helpers import federation
+from tests.helpers import StopBefore, federation
 
 
 def config(method="fedavg", rounds=2, privacy=None, **train):
@@ -239,15 +239,6 @@ def test_private_fedbcs_uploads_noised_prototypes_and_spends_for_them(tmp_path):
 
 
 # --- resume and refusals --------------------------------------------------------------
-
-
-class StopBefore(FederatedCallback):
-    def __init__(self, server_round):
-        self.server_round = server_round
-
-    def on_round_start(self, trainer, server_round):
-        if server_round == self.server_round:
-            raise KeyboardInterrupt
 
 
 @pytest.mark.parametrize(("method", "mode"), [("fedbcs", "sample"), ("fedavg", "client")])

@@ -354,6 +354,8 @@ def main() -> None:
             p.error(f"--methods {spec}: {err}")
     if args.folds == 1 or args.folds < 0:
         p.error("--folds: 0 (one split) or at least 2")
+    if args.leave_out and "local" in [variant(spec)[0] for spec in methods]:
+        p.error("--leave-out: method local has no model for a site that no training used")
     stem = args.out / (
         f"compare-{args.dataset}"
         + (f"-{args.folds}fold" if args.folds else "")

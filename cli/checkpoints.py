@@ -32,7 +32,8 @@ def report(
 CHECKPOINT = typer.Argument(help="Checkpoint written by `fedbcs fit` (RUN/checkpoints/*.pt).")
 SITE_MODEL = typer.Option(
     help="Site whose model to use (required for checkpoints of methods local, fedbn and "
-    "harmofl, which hold one model per site)."
+    "harmofl, which hold one model per site; 'mean' for a site that no training used: the "
+    "sites' local layers averaged, fedbn and harmofl only)."
 )
 
 

@@ -42,6 +42,25 @@ def test_fedbn_checkpoint_gives_each_site_its_own_batchnorm(fedbn_run):
     assert convs and all(torch.equal(one[k], two[k]) for k in convs)
 
 
+def test_a_new_site_gets_the_mean_of_the_sites_local_layers(fedbn_run, local_run):
+    one = load_model(last(fedbn_run), site="site1")[0].state_dict()
+    two = load_model(last(fedbn_run), site="site2")[0].state_dict()
+    new, info = load_model(last(fedbn_run), site="mean")
+    state = new.state_dict()
+    assert info.site == "mean" and state.keys() == one.keys()
+    local = [k for k in one if not torch.equal(one[k], two[k])]  # BatchNorm tensors
+    assert any(k.endswith("running_var") for k in local)
+    for key, value in state.items():
+        if key in local:
+            assert torch.allclose(value, (one[key] + two[key]) / 2)
+        else:
+            assert torch.equal(value, one[key])
+    with pytest.raises(ValueError, match=r"no site 'site3'; its sites: site1, site2, or 'mean'"):
+        load_model(last(fedbn_run), site="site3")
+    with pytest.raises(ValueError, match="whole model per site .* none for a site that no"):
+        load_model(last(local_run), site="mean")
+
+
 def test_damaged_or_foreign_checkpoints_name_the_file(fedbcs_run, tmp_path):
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(last(fedbcs_run).read_bytes()[:4000])

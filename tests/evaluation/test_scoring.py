@@ -56,7 +56,10 @@ def test_split_all_scores_every_image_of_each_site(fedbcs_run):
         assert same(result.sites[site.name]["hd95"], expected["hd95"])
 
 
-def test_a_site_left_out_of_training_is_scored_on_every_image(tmp_path):
+@pytest.mark.parametrize("method", ["fedavg", "harmofl", "local"])
+def test_a_site_left_out_of_training_is_scored_on_every_image(tmp_path, method):
+    """FedAvg's one model, HarmoFL's with the sites' mean local amplitude; ``local`` has
+    no model for a site that no training used."""
     from fedbcs_lightning.api import fit
     from fedbcs_lightning.config import resolve
     from fedbcs_lightning.data import load_dataset
@@ -69,13 +72,17 @@ def test_a_site_left_out_of_training_is_scored_on_every_image(tmp_path):
                 "leave_out": ["site2"],
             },
             "model": {"width": 4},
-            "train": {"rounds": 1, "batch_size": 4},
+            "train": {"rounds": 1, "batch_size": 4, "method": method},
             "run": {"log_images": 0},
         }
     )
     assert [s.name for s in load_dataset(config).sites] == ["site1", "site3"]
     run = fit(config, run_dir=tmp_path / "run", progress=False)
     assert set(run.result.test_last) == {"site1", "site3"}
+    if method == "local":
+        with pytest.raises(ValueError, match="whole model per site .* no training used"):
+            evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", split="all")
+        return
     unseen = evaluate_checkpoint(
         tmp_path / "run" / "checkpoints" / "last.pt", split="all", site="site2"
     )

@@ -6,7 +6,10 @@ network exactly as it was trained: the backbone from the registry, then the meth
 layers (``create_strategy(config).configure_backbone``, e.g. FedBCS's FSR layers). The
 weights load strictly. Checkpoints of methods ``local`` (whole models), ``fedbn`` and
 ``harmofl`` (local layers) hold per-site tensors under ``<site>/<key>``; loading one of
-them needs the site's name.
+them needs the site's name, or ``mean`` (:data:`NEW_SITE`) for a site that no training
+used: the shared weights with the mean over the sites of each local tensor (FedBN's
+BatchNorm statistics and affine weights, HarmoFL's amplitude spectrum). ``local`` keeps
+whole models per site, so it has no model for a new site.
 
 Example
 -------
@@ -63,6 +66,10 @@ class ModelInfo:
         return self.image_size if self.whole_images else None
 
 
+#: The ``site`` that asks a per-site checkpoint for a new site's model (mean local tensors).
+NEW_SITE = "mean"
+
+
 def checkpoint_label(path: Path) -> str:
     """How messages name a checkpoint."""
     return f"checkpoint {str(path)!r}"
@@ -102,24 +109,48 @@ def site_weights(
     weights: Mapping[str, torch.Tensor], info: ModelInfo, site: str | None
 ) -> dict[str, torch.Tensor]:
     """The weights of the model for ``site``: the shared weights with the site's own
-    ``<site>/<key>`` tensors, or, for a checkpoint without per-site tensors, the global
-    weights (``site`` is then only checked)."""
+    ``<site>/<key>`` tensors, or with the mean over the sites of each local tensor for
+    ``site="mean"`` (:data:`NEW_SITE`, a site that no training used), or, for a checkpoint
+    without per-site tensors, the global weights (``site`` is then only checked)."""
     owners = per_site_models(weights)
+    shared = {k: v for k, v in weights.items() if "/" not in k}
+    if site == NEW_SITE:
+        if owners and not shared:
+            raise ValueError(
+                f"{checkpoint_label(info.path)} holds a whole model per site (method "
+                f"{info.config.train.method!r}), so none for a site that no training used; "
+                f"name one of its sites: {', '.join(owners)}"
+            )
+        return {**shared, **mean_local_tensors(weights, owners)}
     known = owners or info.sites
     if site is not None and site not in known:
+        new = f", or {NEW_SITE!r} for a site that no training used" if owners and shared else ""
         raise ValueError(
-            f"{checkpoint_label(info.path)} has no site {site!r}; its sites: {', '.join(known)}"
+            f"{checkpoint_label(info.path)} has no site {site!r}; its sites: "
+            f"{', '.join(known)}{new}"
         )
     if not owners:
         return dict(weights)
     if site is None:
+        new = f" (or {NEW_SITE!r}, for a site that no training used)" if shared else ""
         raise ValueError(
             f"{checkpoint_label(info.path)} holds one model per site (method "
-            f"{info.config.train.method!r}); name one with --site: {', '.join(owners)}"
+            f"{info.config.train.method!r}); name one with --site: {', '.join(owners)}{new}"
         )
     prefix = f"{site}/"
-    shared = {k: v for k, v in weights.items() if "/" not in k}
     return {**shared, **{k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}}
+
+
+def mean_local_tensors(
+    weights: Mapping[str, torch.Tensor], sites: list[str]
+) -> dict[str, torch.Tensor]:
+    """Each local tensor (``<site>/<key>``) averaged over ``sites``; integer tensors
+    (BatchNorm's batch counters) take the largest value."""
+    out = {}
+    for key in {k.split("/", 1)[1] for k in weights if "/" in k}:
+        values = torch.stack([weights[f"{site}/{key}"] for site in sites])
+        out[key] = values.mean(0) if values.is_floating_point() else values.amax(0)
+    return out
 
 
 def build_model(info: ModelInfo) -> torch.nn.Module:

@@ -28,6 +28,7 @@ from fedbcs_lightning.data import (
     make_loader,
 )
 from fedbcs_lightning.evaluation.checkpoints import (
+    NEW_SITE,
     ModelInfo,
     checkpoint_label,
     model_from_checkpoint,
@@ -187,10 +188,11 @@ def evaluate_checkpoint(
     otherwise. The split is the run's ``splits.json`` when it fits the data, else the
     seeded split of the checkpoint's config (the same function that made it). Batches,
     sliding windows and regions are those of training-time evaluation, so the checkpoint
-    of a run's last round reproduces the run's ``test_last`` scores. (A FedBN checkpoint
-    holds the first site's BatchNorm tensors; the other sites' stayed with them, so their
-    scores here can differ from the run's.) A per-site (``local``) checkpoint scores each
-    site with its own model.
+    of a run's last round reproduces the run's ``test_last`` scores. A checkpoint with
+    per-site tensors (``local``, ``fedbn``, ``harmofl``) scores each site with its own
+    model, and a site that no training used with the mean of the sites' local tensors
+    (:data:`~fedbcs_lightning.evaluation.checkpoints.NEW_SITE`; ``local`` has no model
+    for it: an error says so).
     """
     if split not in (*SPLITS, "all"):
         raise ValueError(f"unknown split {split!r}; choose {', '.join(SPLITS)} or all")
@@ -224,14 +226,18 @@ def evaluate_checkpoint(
             + (f", fold {config.data.fold} of {config.data.folds}" if config.data.folds else "")
             + ")"
         )
-    per_site_weights = bool(per_site_models(checkpoint["state_dict"]))
-    shared = None if per_site_weights else model_from_checkpoint(checkpoint, info)
+    owners = per_site_models(checkpoint["state_dict"])
+    shared = None if owners else model_from_checkpoint(checkpoint, info)
     window = config.data.image_size if data.whole_images else None
     result = Evaluation(checkpoint_path, info.round, split, source, list(data.regions))
     for s in data.sites:
         if site is not None and s.name != site:
             continue
-        model = shared if shared is not None else model_from_checkpoint(checkpoint, info, s.name)
+        if shared is not None:
+            model = shared
+        else:
+            own = s.name if s.name in owners else NEW_SITE
+            model = model_from_checkpoint(checkpoint, info, own)
         dataset = eval_dataset(config, data, s, splits[s.name][split])
         loader = make_loader(dataset, eval_batch_size(config, data), False, config.run.seed)
         result.sites[s.name] = evaluate(

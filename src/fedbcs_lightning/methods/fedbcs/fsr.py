@@ -9,7 +9,9 @@ and learns how much style to keep:
 
 Instance normalisation only shifts the zero frequency and scales every other one by
 1/sigma, so the FFT form equals ``w * (lam0 * IN(x) + lam1 * x) + b`` to float precision.
-That closed form is the default (``mode="closed"``); ``mode="fft"`` computes the spectrum.
+That closed form is the default (``mode="closed"``), computed as one per-channel scale and
+shift of ``x`` (``x * a + d``), so that backward keeps only ``x`` and its per-channel
+statistics; ``mode="fft"`` computes the spectrum.
 :class:`BandFrequencyStyleRecalibration` learns one mix per radial frequency band, which
 has no closed form.
 
@@ -71,8 +73,20 @@ class FrequencyStyleRecalibration(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lam = self.mixing_weights
         if self.mode == "closed":
-            return self._affine(lam[0] * instance_norm(x) + lam[1] * x)
+            return self._closed_form(x, lam[0], lam[1])
         return self._affine(self._fft_mix(x, lam[0], lam[1]))
+
+    def _closed_form(self, x: torch.Tensor, lam_norm: torch.Tensor, lam_own: torch.Tensor):
+        # w * (lam0 * (x - mu) * rstd + lam1 * x) + b  ==  x * a + d, per sample and channel:
+        #   a = w * (lam0 * rstd + lam1),  d = b - w * lam0 * mu * rstd
+        # One fused multiply-add over the map; autograd saves x and (N, C) statistics only.
+        stats = x.float()
+        var, mean = torch.var_mean(stats, dim=(-2, -1), correction=0, keepdim=True)
+        rstd = torch.rsqrt(var + EPS)
+        weight = self.weight[None, :, None, None]
+        scale = weight * (lam_norm * rstd + lam_own)
+        shift = self.bias[None, :, None, None] - weight * lam_norm * mean * rstd
+        return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
 
     @staticmethod
     def _fft_mix(x: torch.Tensor, lam_norm: torch.Tensor, lam_own: torch.Tensor) -> torch.Tensor:

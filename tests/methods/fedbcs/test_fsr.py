@@ -77,3 +77,22 @@ def test_band_variant_starts_as_plain_fsr_and_is_frequency_selective():
 def test_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="'closed' or 'fft'"):
         FrequencyStyleRecalibration(3, mode="wavelet")
+
+
+def test_closed_form_keeps_only_its_input_and_per_channel_statistics_for_backward():
+    """The closed form is one scale and shift of ``x`` per sample and channel: backward
+    needs ``x`` and (N, C) statistics, no full-size intermediate (as IN(x) or the mix)."""
+    layer = FrequencyStyleRecalibration(4)
+    x = torch.randn(2, 4, 16, 16, requires_grad=True)
+    full_size = []
+
+    def pack(t):
+        if t.numel() >= x.numel() and t.untyped_storage().data_ptr() != x.data_ptr():
+            full_size.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = layer(x)
+    assert full_size == []
+    out.square().sum().backward()
+    assert x.grad is not None and layer.mix_logits.grad.abs().sum() > 0

@@ -84,7 +84,9 @@ def _dense_descriptors(module):
     heads.forward = forward
 
 
-def _measure(variant: str, width: int, size: int, batch: int, steps: int, queue) -> None:
+def _measure(
+    variant: str, width: int, size: int, batch: int, steps: int, threads: int, queue
+) -> None:
     import torch
 
     from fedbcs_lightning.config import FedBCSConfig
@@ -96,7 +98,7 @@ def _measure(variant: str, width: int, size: int, batch: int, steps: int, queue)
     from fedbcs_lightning.models.unet import UNet
 
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     data = render_sites("fundus", 1, batch, size, seed=0)
     images = torch.from_numpy(data.sites[0].images).permute(0, 3, 1, 2).float() / 255
     masks = torch.from_numpy(data.sites[0].masks).long()
@@ -154,13 +156,15 @@ def _resident_mb() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def fsr_layer_times(width: int, size: int, batch: int, repeats: int = 20) -> list[dict]:
+def fsr_layer_times(
+    width: int, size: int, batch: int, threads: int, repeats: int = 20
+) -> list[dict]:
     """Forward + backward of one FSR layer at each FSR level's shape: closed form vs FFT."""
     import torch
 
     from fedbcs_lightning.methods.fedbcs.fsr import FrequencyStyleRecalibration
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     rows = []
     for level in (2, 3, 4):
         channels, side = width * 2 ** (level - 1), size // 2 ** (level - 1)
@@ -185,6 +189,7 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=6)
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--threads", type=int, default=2, help="torch threads per variant")
     args = p.parse_args()
     width = args.width or (16 if args.quick else 32)
     size = args.image_size or (64 if args.quick else 128)
@@ -195,7 +200,8 @@ def main() -> None:
     for variant in VARIANTS:
         queue = ctx.Queue()
         proc = ctx.Process(
-            target=_measure, args=(variant, width, size, args.batch_size, steps, queue)
+            target=_measure,
+            args=(variant, width, size, args.batch_size, steps, args.threads, queue),
         )
         proc.start()
         rows.append(queue.get())
@@ -210,8 +216,9 @@ def main() -> None:
         "image_size": size,
         "batch_size": args.batch_size,
         "steps": steps,
+        "threads": args.threads,
         "rows": rows,
-        "fsr_layer": fsr_layer_times(width, size, args.batch_size, fsr_repeats),
+        "fsr_layer": fsr_layer_times(width, size, args.batch_size, args.threads, fsr_repeats),
     }
     table = markdown_table(
         [
@@ -254,7 +261,7 @@ def main() -> None:
         result,
         [
             f"U-Net width {width}, {size}x{size}, batch {args.batch_size}, "
-            f"median of {steps} steps after 2 warm-up steps\n{table}",
+            f"{args.threads} thread(s), median of {steps} steps after 2 warm-up steps\n{table}",
             f"one FSR layer, forward + backward, median of {fsr_repeats}\n{fsr_table}",
         ],
     )

@@ -164,6 +164,16 @@ class SegmentationClientModule(L.LightningModule):
         self.optimizer_state = self.trainer.optimizers[0].state_dict()
 
 
+def evaluation_device(accelerator: str) -> torch.device:
+    """Where a client scores images: the GPU that ``run.accelerator`` trains on (as
+    Lightning picks it: CUDA first, then Apple's MPS, for ``auto``), else the CPU."""
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    if accelerator in ("auto", "mps") and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
 class FederatedClient:
     """One site: its module, its loaders and the local state that outlives a round.
 
@@ -301,16 +311,25 @@ class FederatedClient:
     def evaluate(
         self, instruction: Instruction, split: str = "val", surface_metrics: bool = False
     ) -> dict[str, float]:
+        """Score the instruction's weights on ``split``, on the device training uses (the
+        model goes back to the CPU afterwards, where it is kept between rounds)."""
         self.load(instruction)
-        return evaluate(
-            self.module.backbone,
-            self.loaders[split],
-            self.regions,
-            surface_metrics=surface_metrics,
-            window=self.window,
-            whole_image_pixels=self.whole_image_pixels,
-            cases=getattr(self.loaders[split].dataset, "cases", None),
-        )
+        device = evaluation_device(self.accelerator)
+        model = self.module.backbone.to(device)
+        try:
+            return evaluate(
+                model,
+                self.loaders[split],
+                self.regions,
+                surface_metrics=surface_metrics,
+                device=device,
+                window=self.window,
+                whole_image_pixels=self.whole_image_pixels,
+                cases=getattr(self.loaders[split].dataset, "cases", None),
+            )
+        finally:
+            if device.type != "cpu":
+                self.module.cpu()
 
     def state_dict(self) -> dict[str, Any]:
         """Local state that must survive between rounds (optimiser, local weights, hooks)."""

@@ -5,9 +5,10 @@ site validated every round): a plain PyTorch loop (load the global weights, the 
 optimiser steps on the same batches, average, the same ``evaluate``); the library's
 ``FederatedTrainer`` with no callbacks (a Lightning ``Trainer`` per client and round,
 update checks); and ``fedbcs_lightning.api.fit`` with its default callbacks (metrics,
-checkpoints every round, plots). The table gives the median seconds per round (round 1,
-with its warm-up, left out) and each one's overhead over the plain loop, measured in one
-run.
+checkpoints every round, plots), and once more with the resumable state written only after
+the last round (``run.checkpoint_every`` = the rounds), which isolates what writing it every
+round costs. The table gives the median seconds per round (round 1, with its warm-up, left
+out) and each one's overhead over the plain loop, measured in one run.
 
     python benchmarks/loop_overhead.py            # 64x64, width 16, 6 rounds
     python benchmarks/loop_overhead.py --quick    # 32x32, width 8, 3 rounds
@@ -24,7 +25,7 @@ from common import emit, markdown_table, parser
 
 from fedbcs_lightning.api import InProcess, fit
 from fedbcs_lightning.callbacks import FederatedCallback
-from fedbcs_lightning.config import resolve
+from fedbcs_lightning.config import merge, resolve
 from fedbcs_lightning.evaluation.metrics import evaluate
 from fedbcs_lightning.federation.trainer import FederatedTrainer
 from fedbcs_lightning.methods import ClientUpdate, weighted_average
@@ -84,6 +85,10 @@ def bare_trainer(config) -> list[float]:
     return per_round(clock.ends)
 
 
+def full_fit_last_state_only(config) -> list[float]:
+    return full_fit(merge(config, {"run": {"checkpoint_every": config.train.rounds}}))
+
+
 def full_fit(config) -> list[float]:
     clock = RoundClock()
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,8 +104,12 @@ def main() -> None:
         "data": {"image_size": size, "synthetic": {"sites": 4, "images_per_site": 24}},
         "model": {"width": width}, "train": {"rounds": rounds, "batch_size": 8},
     })  # fmt: skip
-    times = {"plain PyTorch loop": plain_loop(config), "FederatedTrainer": bare_trainer(config),
-             "api.fit (default callbacks)": full_fit(config)}  # fmt: skip
+    times = {
+        "plain PyTorch loop": plain_loop(config),
+        "FederatedTrainer": bare_trainer(config),
+        "api.fit (default callbacks)": full_fit(config),
+        "api.fit, state.pt after the last round only": full_fit_last_state_only(config),
+    }
     base = statistics.median(times["plain PyTorch loop"])
     rows = [
         [name, len(t), f"{statistics.median(t):.3f}",

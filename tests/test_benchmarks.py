@@ -206,9 +206,9 @@ def test_checkpoint_cost_quick_stores_shared_tensors_once():
         assert result[method]["now_bytes"] == result[method]["shared_bytes"]  # CRCs: no bytes
 
 
-def test_loop_overhead_quick_times_three_loops():
+def test_loop_overhead_quick_times_four_loops():
     times = _quick("loop_overhead.py")["seconds_per_round"]
-    assert len(times) == 3 and all(len(t) == 2 and min(t) > 0 for t in times.values())
+    assert len(times) == 4 and all(len(t) == 2 and min(t) > 0 for t in times.values())
 
 
 def test_step_cost_quick_reports_time_and_memory_against_fedavg():

@@ -263,11 +263,20 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def joined(files: list[Path], p) -> tuple[list[int], dict[str, list[dict]]]:
-    """The seeds every method of ``files`` finished and those runs, methods in file order;
-    the files must have been run with the same seeds (in the same order)."""
+    """The seeds every method of ``files`` finished and those runs, methods in file order.
+    A file holds either other methods, run with the same seeds (in the same order), or
+    the same methods run with other seeds (appended after the seeds before it)."""
     seeds, results = None, {}
     for path in files:
         saved = json.loads(path.read_text())
+        if seeds is not None and set(saved["results"]) == set(results):  # more seeds
+            if set(saved["seeds"]) & set(seeds):
+                p.error(f"--from-json {path}: seeds {saved['seeds']} were run before ({seeds})")
+            done = min(len(runs) for runs in results.values())
+            seeds = seeds[:done] + saved["seeds"]
+            for method, runs in saved["results"].items():
+                results[method] = results[method][:done] + runs
+            continue
         if seeds is not None and saved["seeds"][: len(seeds)] != seeds[: len(saved["seeds"])]:
             p.error(f"--from-json {path}: seeds {saved['seeds']}, the first file's {seeds}")
         if seeds is None or len(saved["seeds"]) > len(seeds):
@@ -333,8 +342,8 @@ def main() -> None:
         metavar="FILE",
         help="no training: write the table and plot of earlier runs' JSON beside the first "
         "FILE, from the seeds every method finished (a stopped run); several FILEs (runs of "
-        "other methods with the same seeds and options) are joined into the first; give the "
-        "runs' other options too",
+        "other methods with the same seeds and options, or of the same methods with other "
+        "seeds) are joined into the first; give the runs' other options too",
     )
     args = p.parse_args()
     args.out = output_folder(args.out, args.quick)

@@ -143,6 +143,22 @@ def test_from_json_joins_runs_of_other_methods_into_the_first_file(tmp_path):
         _script("compare.py", "--from-json", str(first), str(second))
 
 
+def test_from_json_appends_runs_of_the_same_methods_with_other_seeds(tmp_path):
+    import json
+
+    first, second = tmp_path / "compare-synthetic.json", tmp_path / "more.json"
+    runs = {"fedavg": [_run(0.5, 0.7, 0.6)], "fedbcs": [_run(0.8, 0.6, 0.7)]}
+    first.write_text(json.dumps({"seeds": [0], "results": runs}))
+    more = {"fedavg": [_run(0.3, 0.5, 0.4)], "fedbcs": [_run(0.1, 0.1, 0.1)]}
+    second.write_text(json.dumps({"seeds": [5], "results": more}))
+    printed = _script("compare.py", "--from-json", str(first), str(second))
+    assert "seeds [0, 5]" in printed
+    assert "fedavg (50.0: 60.0 40.0) > fedbcs (40.0: 70.0 10.0)" in printed
+    assert json.loads(first.read_text())["seeds"] == [0, 5]
+    with pytest.raises(AssertionError, match=r"seeds \[5\] were run before"):
+        _script("compare.py", "--from-json", str(first), str(second))
+
+
 def test_method_variants_set_options_of_the_methods_section(compare):
     assert compare.variant("fedbcs:cdpa=false,tau=0.5") == (
         "fedbcs",

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from fedbcs_lightning.data import (
+    DataError,
     FederatedData,
     SegmentationDataset,
     Site,
@@ -178,3 +179,8 @@ def test_load_dataset_limits_clients(tiny_config):
     cfg = merge(tiny_config, {"train": {"clients": 5}})
     with pytest.raises(ValueError, match="5 clients requested but .* has 2 sites"):
         load_dataset(cfg)
+
+
+def test_a_site_named_mean_is_refused():
+    with pytest.raises(DataError, match="may not be named 'mean'"):
+        FederatedData("toy", [_site("a"), _site("mean")], ["bg", "fg"])

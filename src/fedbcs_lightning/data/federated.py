@@ -92,6 +92,11 @@ class FederatedData:
             self.regions = {n: [i] for i, n in enumerate(self.class_names) if i > 0}
         if not self.sites:
             raise DataError(f"data set {self.name!r} has no sites")
+        if any(s.name == "mean" for s in self.sites):  # every table's mean-over-sites row
+            raise DataError(
+                f"data set {self.name!r}: a site may not be named 'mean' (the name of the "
+                "mean over sites in every table, and of a new site's model); rename its folder"
+            )
 
     @property
     def num_classes(self) -> int:

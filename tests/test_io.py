@@ -14,7 +14,16 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
-def test_ctrl_c_during_a_write_takes_effect_once_the_file_is_in_place(tmp_path):
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own SIGINT handler, as in a process started from a terminal (a background
+    job starts with SIGINT ignored)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_during_a_write_takes_effect_once_the_file_is_in_place(tmp_path, ctrl_c_raises):
     target = tmp_path / "state.pt"
 
     def write(handle):

@@ -60,7 +60,14 @@ def test_ctrl_c_stops_cleanly_with_the_resume_command(tmp_path):
     command += ["--set", "run.log_images=0", "--output", str(run_dir)]
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
     process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # as from a terminal, even where these tests run as a background job (which starts
+        # with SIGINT ignored, and its children inherit that)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     for line in process.stdout:
         if line.startswith("round 2/"):

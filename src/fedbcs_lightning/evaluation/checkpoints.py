@@ -144,13 +144,15 @@ def site_weights(
 def mean_local_tensors(
     weights: Mapping[str, torch.Tensor], sites: list[str]
 ) -> dict[str, torch.Tensor]:
-    """Each local tensor (``<site>/<key>``) averaged over ``sites``; integer tensors
-    (BatchNorm's batch counters) take the largest value."""
-    out = {}
-    for key in {k.split("/", 1)[1] for k in weights if "/" in k}:
-        values = torch.stack([weights[f"{site}/{key}"] for site in sites])
-        out[key] = values.mean(0) if values.is_floating_point() else values.amax(0)
-    return out
+    """Each local tensor (``<site>/<key>``) averaged over ``sites`` with equal weights, by
+    the servers' own rule (integer tensors, BatchNorm's batch counters, take the largest)."""
+    from fedbcs_lightning.methods.base import ClientUpdate, weighted_average
+
+    keys = sorted({k.split("/", 1)[1] for k in weights if "/" in k})
+    per_site = [
+        ClientUpdate(site, {key: weights[f"{site}/{key}"] for key in keys}, 1) for site in sites
+    ]
+    return weighted_average(per_site)
 
 
 def build_model(info: ModelInfo) -> torch.nn.Module:

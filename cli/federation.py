@@ -88,13 +88,16 @@ def serve(
     cert: Annotated[Path | None, typer.Option(help="Server certificate (PEM).")] = None,
     key: Annotated[Path | None, typer.Option(help="Server private key (PEM).")] = None,
     site_key: Annotated[
-        list[Path] | None,
+        list[str] | None,
         typer.Option(
             "--site-key",
-            help="Public key of a site allowed to join (repeatable); with any, every site "
-            "must authenticate with its private key.",
+            metavar="[NAME=]FILE",
+            help="A site allowed to join and its public key (repeatable): NAME=FILE, or "
+            "FILE for a site named like the file (site-a.pub: site-a). The key admits only "
+            "that site; with any, every site must authenticate with its private key.",
         ),
     ] = None,
+    imports: Annotated[list[str] | None, IMPORTS] = None,
     insecure: Annotated[bool, INSECURE] = False,
 ) -> None:
     """Run the server of a federation across machines: waits for the sites, trains, and
@@ -103,7 +106,14 @@ def serve(
     tls = _tls(ca, cert, key, insecure, server=True)
     if site_key and tls is None:
         fail("--site-key (site authentication) needs TLS: give --ca, --cert and --key")
-    from fedbcs_lightning.flower.deploy import DeployError, Server
+    import_or_fail(imports)
+    from fedbcs_lightning.flower.deploy import (
+        DeployError,
+        Server,
+        SiteKey,
+        check_server_files,
+        check_site_keys,
+    )
 
     home = home.resolve()
     if resume is not None:
@@ -117,7 +127,8 @@ def serve(
         extra = [name for name, value in given.items() if value is not None and value is not False]
         if extra:
             fail(f"--resume continues the saved configuration; drop {', '.join(extra)}")
-        run_config = {"run-dir": str(resume.resolve()), "resume": True}
+        run_config = {"run-dir": str(resume.resolve()), "resume": True,
+                      "imports": ",".join(imports or [])}  # fmt: skip
     else:
         cfg = resolve_or_fail(
             config,
@@ -142,8 +153,15 @@ def serve(
         home.mkdir(parents=True, exist_ok=True)
         save(cfg, home / "run.yaml")
         run_config = {"config-file": str(home / "run.yaml"), "run-dir": str(run_dir),
-                      "overwrite": overwrite}  # fmt: skip
-    server = Server(home, host, port, tls, tuple(p.resolve() for p in site_key or ()))
+                      "overwrite": overwrite, "imports": ",".join(imports or [])}  # fmt: skip
+    try:
+        if tls is not None:
+            check_server_files(tls)
+        keys = tuple(SiteKey.parse(text) for text in site_key or ())
+        check_site_keys(keys)
+    except (ValueError, DeployError) as err:
+        fail(str(err))
+    server = Server(home, host, port, tls, keys)
     try:
         outcome = server.run(run_config)
     except DeployError as err:
@@ -192,7 +210,24 @@ def join(
     import_or_fail(imports)
     if data_root is not None and not data_root.is_dir():
         fail(f"--data-root {data_root}: no such folder")
+    from fedbcs_lightning.flower.deploy import (
+        DeployError,
+        check_certificates,
+        check_site_key,
+        probe_server,
+    )
     from fedbcs_lightning.flower.deploy import join as run_join
+
+    try:
+        if tls:
+            check_certificates(tls.ca, "--ca")
+        if key is not None:
+            if not key.is_file():
+                fail(f"--key {key}: no such file")
+            check_site_key(key)
+        probe_server(server, tls.ca if tls else None)
+    except DeployError as err:
+        fail(str(err))
 
     state_dir = state_dir.resolve()
     node_config = {

@@ -106,13 +106,15 @@ def fit(
             "--clients": clients, "--batch-size": batch_size, "--lr": lr,
             "--image-size": image_size, "--seed": seed, "--data-root": data_root,
             "--cache": cache, "--config": config, "--output": output, "--set": set_,
-            "--logger": logger, "--overwrite": overwrite, "--import": imports,
+            "--logger": logger, "--overwrite": overwrite,
         }  # fmt: skip
         extra = [name for name, value in given.items() if value]
         if extra:
             fail(f"--resume continues the saved configuration; drop {', '.join(extra)}")
+        import_or_fail(imports)
         _resume(resume, rounds)
         return
+    import_or_fail(imports)
     cfg = resolve_or_fail(
         config,
         set_,
@@ -153,7 +155,7 @@ def _run_errors(run_dir: Path):
     from fedbcs_lightning.api import ResumeError
     from fedbcs_lightning.data import DataError
     from fedbcs_lightning.federation.updates import FederationStopped
-    from fedbcs_lightning.io import DiskFullError
+    from fedbcs_lightning.io import FULL, DiskFullError
     from fedbcs_lightning.rundir import RunDirectoryError
 
     try:
@@ -175,6 +177,16 @@ def _run_errors(run_dir: Path):
         DiskFullError,
     ) as err:
         fail(str(err), code=1)
+    except OSError as err:
+        if err.errno not in FULL:
+            raise
+        saved = (run_dir / "checkpoints" / "state.pt").is_file()
+        then = f"continue with: fedbcs fit --resume {run_dir}" if saved else "run it again"
+        fail(
+            f"the disk is full: {err.filename or run_dir} cannot be written; nothing was "
+            f"half-written, so free some space and {then}",
+            code=1,
+        )
 
 
 def _resume(run_dir: Path, rounds: int | None) -> None:
@@ -221,21 +233,23 @@ def prepare(
         fail(str(err))
     import warnings
 
-    from fedbcs_lightning.data import DATASETS, DataError, check_data, make_splits
+    from fedbcs_lightning.data import DATASETS, DataError, check_data
     from fedbcs_lightning.data.cache import write_cache
-    from fedbcs_lightning.io import DiskFullError
+    from fedbcs_lightning.io import FULL, DiskFullError
 
     caught: list = []
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             data = DATASETS.get(cfg.data.name)(cfg)
-            check_data(data)
-            # what fit will do with the cache: fail here, not after a long prepare + load
-            make_splits(data, cfg.data.val_fraction, cfg.data.test_fraction, cfg.run.seed)
+            check_data(data)  # whether a site is big enough to split is fit's question
         manifest = write_cache(data, out, cfg.data.image_size)
     except (DataError, DiskFullError) as err:
         fail(str(err), code=1)
+    except OSError as err:
+        if err.errno not in FULL:
+            raise
+        fail(f"the disk is full: {err.filename or out} cannot be written", code=1)
     finally:
         for warning in caught:
             typer.echo(f"warning: {warning.message}", err=True)

@@ -14,6 +14,7 @@ from fedbcs_lightning.config import resolve
 from fedbcs_lightning.data import DataError
 from fedbcs_lightning.io import atomic_write_text, remove_stale_temporaries
 from fedbcs_lightning.rundir import (
+    MARKER,
     RunDirectoryError,
     check_new_run_dir,
     clear_run_files,
@@ -70,11 +71,36 @@ def test_a_finished_run_is_refused_with_the_resume_command(tmp_path):
 
 
 def test_overwrite_removes_only_what_a_run_writes(tmp_path):
-    for name in ("config.yaml", "summary.json", "checkpoints/state.pt", "mine.csv"):
+    for name in ("config.yaml", "summary.json", "checkpoints/state.pt", "mine.csv", MARKER):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
     clear_run_files(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.csv"]
+
+
+def test_overwrite_never_replaces_the_users_own_files_of_a_runs_names(tmp_path):
+    folder = tmp_path / "mine"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config.yaml").write_text("my: settings\n")
+    (folder / "checkpoints" / "last.pt").write_bytes(b"my model")
+    with pytest.raises(RunDirectoryError, match=r"config.yaml, checkpoints, which no fedbcs run"):
+        fit(tiny(), run_dir=folder, progress=False, overwrite=True)
+    assert (folder / "config.yaml").read_text() == "my: settings\n"
+    assert (folder / "checkpoints" / "last.pt").read_bytes() == b"my model"
+    with pytest.raises(RunDirectoryError, match="no fedbcs run wrote"):
+        clear_run_files(folder)
+    assert (folder / "checkpoints" / "last.pt").is_file()
+
+
+def test_overwrite_writes_beside_the_users_other_files_and_marks_the_run(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep")
+    fit(tiny(), run_dir=folder, progress=False, overwrite=True)
+    assert (folder / MARKER).is_file() and (folder / "notes.txt").read_text() == "keep"
+    fit(tiny(rounds=2), run_dir=folder, progress=False, overwrite=True)  # its own run: replaced
+    assert json.loads((folder / "summary.json").read_text())["rounds"] == 2
+    assert (folder / "notes.txt").read_text() == "keep"
 
 
 def test_an_output_that_is_a_file_is_refused(tmp_path):
@@ -169,7 +195,7 @@ def test_a_full_disk_names_the_file_and_the_free_space(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", no_space)
     with pytest.raises(
-        DiskFullError, match=r"summary.json: cannot be written, no space left .* MB free"
+        DiskFullError, match=r"the disk is full: .*summary.json cannot be written .* MB free"
     ):
         atomic_write_text(tmp_path / "summary.json", "{}")
     assert list(tmp_path.iterdir()) == []  # no temporary left

@@ -23,7 +23,12 @@ from fedbcs_lightning.config import Config, ConfigError, from_dict, merge, save
 from fedbcs_lightning.data import FederatedData, config_splits, load_dataset
 from fedbcs_lightning.federation.updates import FederationStopped
 from fedbcs_lightning.io import atomic_write_json, load_checkpoint
-from fedbcs_lightning.rundir import check_new_run_dir, clear_run_files, lock_run_dir
+from fedbcs_lightning.rundir import (
+    check_new_run_dir,
+    clear_run_files,
+    lock_run_dir,
+    mark_run_dir,
+)
 
 if TYPE_CHECKING:  # torch and Lightning load once a federation is built, not before
     from fedbcs_lightning.callbacks import FederatedCallback
@@ -128,6 +133,7 @@ def fit(
         if overwrite:
             clear_run_files(run_dir)
         try:
+            mark_run_dir(run_dir)
             save(config, run_dir / "config.yaml")
             atomic_write_json(run_dir / "splits.json", setup.splits)
             trainer = _trainer(config, setup, run_dir, callbacks, progress)

@@ -30,6 +30,7 @@ from pathlib import Path
 from fedbcs_lightning.io import remove_stale_temporaries
 
 LOCK_NAME = ".fedbcs.lock"
+MARKER = ".fedbcs-run"  # written first by every run: its files may be replaced
 
 #: Everything a run writes in its folder (files and folders).
 RUN_FILES = (
@@ -64,7 +65,12 @@ def check_new_run_dir(path: str | Path, overwrite: bool = False) -> None:
     pid = lock_holder(path)
     if pid is not None:
         raise _in_use(path, pid)
-    if not contents or overwrite:
+    if overwrite:
+        foreign = foreign_files(path)
+        if foreign:
+            raise _not_ours(path, foreign)
+        return
+    if not contents:
         return
     if (path / "checkpoints" / "state.pt").is_file():
         raise RunDirectoryError(
@@ -85,14 +91,49 @@ def check_new_run_dir(path: str | Path, overwrite: bool = False) -> None:
     )
 
 
+def mark_run_dir(path: str | Path) -> None:
+    """Record that a run writes in ``path`` (:data:`MARKER`), before it writes anything
+    else: what ``--overwrite`` may later replace."""
+    from fedbcs_lightning.io import atomic_write_json
+
+    atomic_write_json(Path(path) / MARKER, {"written_by": "fedbcs-lightning", "files": RUN_FILES})
+
+
+def written_by_a_run(path: str | Path) -> bool:
+    """Whether the run files in ``path`` are a run's: it holds :data:`MARKER`, or is a run
+    folder of a version that wrote none (its ``config.yaml`` beside its ``splits.json``)."""
+    return (Path(path) / MARKER).is_file() or is_run_dir(Path(path))
+
+
+def foreign_files(path: str | Path) -> list[str]:
+    """Files and folders in ``path`` with the names a run writes that no run wrote there
+    (the user's own): ``--overwrite`` never replaces them."""
+    path = Path(path)
+    if not path.is_dir() or written_by_a_run(path):
+        return []
+    return [name for name in RUN_FILES if (path / name).exists() or (path / name).is_symlink()]
+
+
 def clear_run_files(path: str | Path) -> None:
-    """Remove what an earlier run wrote in ``path`` (and nothing else)."""
-    for name in RUN_FILES:
-        target = Path(path) / name
+    """Remove what an earlier run wrote in ``path`` (and nothing else); a
+    :class:`RunDirectoryError` if files of a run's names there are not a run's."""
+    path = Path(path)
+    foreign = foreign_files(path)
+    if foreign:
+        raise _not_ours(path, foreign)
+    for name in (*RUN_FILES, MARKER):
+        target = path / name
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         elif target.exists() or target.is_symlink():
             target.unlink()
+
+
+def _not_ours(path: Path, foreign: list[str]) -> RunDirectoryError:
+    return RunDirectoryError(
+        f"{path} holds {', '.join(foreign)}, which no fedbcs run wrote; --overwrite replaces "
+        "only the files of an earlier run, so move them or choose another --output"
+    )
 
 
 def lock_holder(path: str | Path) -> str | None:

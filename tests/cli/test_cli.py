@@ -111,9 +111,15 @@ def test_prepare_fundus_samples_writes_a_valid_cache(shared_datasets, tmp_path):
             "32",
         ],
     )
-    # one image per site: too few to split, and prepare says so as fit would
-    assert result.exit_code == 1 and not out.exists()
-    assert "site 'Drishti-GS' has 1 images to split: too few" in result.output
+    # one image per site: prepare caches what is there; too few to split is fit's question
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and "Drishti-GS" in result.output
+    args = ["fit", "--dataset", "fundus", "--cache", str(out), "--image-size", "32"]
+    fitted = runner.invoke(app, [*args, "--output", str(tmp_path / "run")])
+    assert fitted.exit_code == 1 and "site 'Drishti-GS' has 1 images to split: too few" in (
+        fitted.output
+    )
+    out.unlink()
     from fedbcs_lightning.config import resolve
     from fedbcs_lightning.data import load_dataset
     from fedbcs_lightning.data.cache import read_cache, write_cache
@@ -144,7 +150,7 @@ def test_prepare_prostate_samples_names_the_unpaired_file(shared_datasets, tmp_p
     assert "Traceback" not in result.output
     result = runner.invoke(app, [*args, "--skip-unpaired"])
     assert "warning: skipping" in result.output
-    assert result.exit_code == 1 and "has 1 cases to split" in result.output  # one case a site
+    assert result.exit_code == 0 and out.is_file()  # one case a site: cached, fit refuses it
 
 
 def test_fit_without_data_says_where_it_looked(monkeypatch, tmp_path):

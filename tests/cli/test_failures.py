@@ -144,6 +144,43 @@ def disk_full(tmp, monkeypatch):
     return prepare(root)
 
 
+def duplicate_key(tmp):
+    (tmp / "twice.yaml").write_text("train:\n  rounds: 3\ntrain:\n  lr: 0.1\n")
+    return cli("fit", "--config", str(tmp / "twice.yaml"))
+
+
+def own_files(tmp):
+    (tmp / "run" / "checkpoints").mkdir(parents=True)
+    (tmp / "run" / "config.yaml").write_text("mine: true\n")
+    (tmp / "run" / "checkpoints" / "last.pt").write_text("mine")
+    return fit(tmp, "--overwrite")
+
+
+def trained_checkpoint(tmp) -> Path:
+    done = CliRunner().invoke(app, ["fit", *TINY, "--output", str(tmp / "trained")])
+    assert done.exit_code == 0, done.output
+    return tmp / "trained" / "checkpoints" / "last.pt"
+
+
+def plugin_checkpoint(tmp):
+    path = trained_checkpoint(tmp)
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["config"]["model"]["backbone"] = "tiny-unet"
+    checkpoint["config"]["run"]["imports"] = ["my_nets"]
+    torch.save(checkpoint, path)
+    return cli("evaluate", str(path))
+
+
+def nan_checkpoint(tmp):
+    path = trained_checkpoint(tmp)
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["state_dict"]["head.bias"] = torch.full_like(
+        checkpoint["state_dict"]["head.bias"], math.nan
+    )
+    torch.save(checkpoint, path)
+    return cli("evaluate", str(path))
+
+
 def poisoned(tmp):
     from tests.helpers import tiny_fedbcs
 
@@ -276,9 +313,9 @@ CASES = [
         lambda t: prepare(sites(t, foreground=False)),
     ),
     (
-        "a site with one image",
+        "a site with one image (`fit`; `prepare` caches it)",
         "site 'site0' has 1 images to split: too few for training, validation and test",
-        lambda t: prepare(sites(t, images=1)),
+        lambda t: fit(t, "--dataset", "sites", "--data-root", str(sites(t, images=1))),
     ),
     ("`01.png` and `01.jpg` in one folder", "have the same name '1'", one_stem),
     (
@@ -292,7 +329,33 @@ CASES = [
         "image is larger than the limit of 100 pixels",
         huge,
     ),
-    ("the disk is full", "cannot be written, no space left on the device", disk_full),
+    ("the disk is full", "the disk is full:", disk_full),
+    (
+        "a YAML key given twice",
+        "key 'train' appears twice in one mapping (lines 1 and 3)",
+        duplicate_key,
+    ),
+    (
+        "`--set data.label_values=[1,1]`",
+        "data.label_values: each mask value maps to its own class, but 1 is given more",
+        lambda t: fit(t, "--set", "data.label_values=[1,1]"),
+    ),
+    (
+        "`--data-root` with the synthetic data set",
+        "data.root: data set 'synthetic' is generated, it reads no folder",
+        lambda t: fit(t, "--data-root", str(t)),
+    ),
+    (
+        "`--overwrite` on a folder of your own files",
+        "which no fedbcs run wrote; --overwrite replaces only the files of an earlier run",
+        own_files,
+    ),
+    (
+        "a checkpoint of a plugin backbone, without `--import`",
+        "from module(s) my_nets (run.imports), which a config or checkpoint never imports",
+        plugin_checkpoint,
+    ),
+    ("a checkpoint with NaN weights", "holds non-finite weights (NaN or infinity", nan_checkpoint),
 ]
 
 

@@ -27,16 +27,27 @@ def cli(*args, path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, env=env, capture_output=True, text=True, cwd=path)
 
 
-def test_import_a_module_that_registers_a_backbone_then_evaluate_without_it(tmp_path):
+def test_import_a_module_that_registers_a_backbone_and_name_it_again_to_load(tmp_path):
+    """The import is recorded in the run's config, never imported from it: evaluating,
+    exporting or resuming names the module again (a checkpoint cannot run code)."""
     (tmp_path / "my_nets.py").write_text(readme_backbone())
     run = tmp_path / "run"
     args = ["fit", "--import", "my_nets", "--set", "model.backbone=tiny-unet", *TINY]
     trained = cli(*args, "--output", str(run), path=tmp_path)
     assert trained.returncode == 0, trained.stderr
     assert "imports:\n  - my_nets" in (run / "config.yaml").read_text()
-    scored = cli("evaluate", str(run / "checkpoints" / "last.pt"), path=tmp_path)
+    checkpoint = str(run / "checkpoints" / "last.pt")
+    refused = cli("evaluate", checkpoint, path=tmp_path)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "backbone 'tiny-unet' from module(s) my_nets" in refused.stderr
+    assert "pass --import my_nets" in refused.stderr
+    scored = cli("evaluate", checkpoint, "--import", "my_nets", path=tmp_path)
     assert scored.returncode == 0, scored.stderr
     assert "site1" in scored.stdout and "mean" in scored.stdout
+    resumed = cli(
+        "fit", "--resume", str(run), "--rounds", "2", "--import", "my_nets", path=tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stderr
     unknown = cli("fit", "--set", "model.backbone=tiny-unet", *TINY, path=tmp_path)
     assert unknown.returncode == 2 and "unknown backbone 'tiny-unet'" in unknown.stderr
 

@@ -77,12 +77,17 @@ def test_masks_without_foreground_warn(tmp_path):
         load_dataset(sites_config(tmp_path))
 
 
-def test_a_site_too_small_to_split_fails_in_prepare_as_in_fit(tmp_path):
+def test_a_site_too_small_to_split_is_cached_by_prepare_and_refused_by_fit(tmp_path):
     write_site(tmp_path, "big")
     write_site(tmp_path, "tiny", images=1)
-    result = prepare(tmp_path, tmp_path / "out.h5")
-    assert result.exit_code == 1 and not (tmp_path / "out.h5").exists()
-    assert "site 'tiny' has 1 images to split: too few" in result.output
+    out = tmp_path.parent / f"{tmp_path.name}.h5"
+    result = prepare(tmp_path, out)
+    assert result.exit_code == 0, result.output
+    assert out.is_file()
+    args = ["fit", "--dataset", "sites", "--cache", str(out), "--image-size", "16",
+            "--output", str(tmp_path.parent / f"{tmp_path.name}-run")]  # fmt: skip
+    fitted = runner.invoke(app, args)
+    assert fitted.exit_code == 1 and "site 'tiny' has 1 images to split: too few" in fitted.output
 
 
 def test_two_files_with_one_stem_are_named(tmp_path):

@@ -79,3 +79,39 @@ def test_damaged_or_foreign_checkpoints_name_the_file(fedbcs_run, tmp_path):
     torch.save(checkpoint, mismatch)
     with pytest.raises(ValueError, match="weights do not fit the 'unet' / 'fedavg' model"):
         load_model(mismatch)
+
+
+def test_a_checkpoint_never_imports_the_modules_its_config_lists(fedbcs_run, tmp_path, monkeypatch):
+    """A checkpoint is data: the modules of its ``run.imports`` are reported, never imported,
+    not even from the folder it is loaded in (where Python would find a planted module)."""
+    import sys
+
+    planted = tmp_path / "planted_payload.py"
+    flag = tmp_path / "ran"
+    planted.write_text(f"open({str(flag)!r}, 'w').write('code ran')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for module in ("this", "planted_payload"):
+        sys.modules.pop(module, None)
+        checkpoint = torch.load(last(fedbcs_run), weights_only=True)
+        checkpoint["config"]["run"]["imports"] = [module]
+        path = tmp_path / f"{module}.pt"
+        torch.save(checkpoint, path)
+        model, info = load_model(path)  # built-in backbone and method: it loads
+        assert info.config.run.imports == [module] and module not in sys.modules
+        checkpoint["config"]["model"]["backbone"] = "their-net"
+        torch.save(checkpoint, path)
+        with pytest.raises(ValueError, match=rf"from module\(s\) {module}.*--import {module}"):
+            load_model(path)
+        assert module not in sys.modules
+    assert not flag.exists()
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused_with_its_name(fedbcs_run, tmp_path):
+    checkpoint = torch.load(last(fedbcs_run), weights_only=True)
+    key = next(k for k, v in checkpoint["state_dict"].items() if v.is_floating_point())
+    checkpoint["state_dict"][key] = checkpoint["state_dict"][key].clone().fill_(float("nan"))
+    path = tmp_path / "nan.pt"
+    torch.save(checkpoint, path)
+    with pytest.raises(ValueError, match=rf"{path}.*non-finite weights.*{key}"):
+        load_model(path)

@@ -180,7 +180,8 @@ class RunConfig:
     checkpoint_every: int = 1  # write the resumable state every N rounds (and at the end)
     eval_every: int = 1  # validate every N rounds (and always the last round)
     whole_image_pixels: int = 4_194_304  # larger whole images are tiled (0 = always tile)
-    imports: list[str] = field(default_factory=list)  # modules that register backbones etc.
+    # modules the run's code came from (--import): a record, never imported from a config
+    imports: list[str] = field(default_factory=list)
 
 
 @dataclass

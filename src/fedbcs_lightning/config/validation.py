@@ -15,18 +15,15 @@ ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 AGGREGATIONS = ("mean", "median", "trimmed_mean")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 PRIVACY_MODES = ("off", "sample", "client")
+GENERATED = ("synthetic", "synthetic-prostate")  # built-in data sets that read no files
 ACCOUNTANTS = ("rdp", "prv")
 
 
 def validate(config: Config) -> None:
     """Check values and registered names; raise :class:`ConfigError` naming the key."""
     from fedbcs_lightning.catalog import BACKBONES, DATASETS, METHODS
-    from fedbcs_lightning.registry import RegistryError, import_modules
+    from fedbcs_lightning.registry import RegistryError
 
-    try:
-        import_modules(config.run.imports)
-    except ImportError as err:
-        raise ConfigError(f"run.imports: {err}") from None
     for registry, value, key in (
         (DATASETS, config.data.name, "data.name"),
         (METHODS, config.train.method, "train.method"),
@@ -35,7 +32,9 @@ def validate(config: Config) -> None:
         try:
             registry.check(value)
         except RegistryError as err:
-            raise ConfigError(f"{key}: {err}") from None
+            raise ConfigError(
+                f"{key}: {err}{_imports_hint(config, registry.kind, value)}"
+            ) from None
     _choice(config.train.optimizer, OPTIMIZERS, "train.optimizer")
     _choice(config.model.norm, NORMS, "model.norm")
     _choice(config.run.accelerator, ACCELERATORS, "run.accelerator")
@@ -74,6 +73,7 @@ def validate(config: Config) -> None:
         value = _get(config, key)
         if not 0.0 < value < 0.5:
             raise ConfigError(f"{key}: must lie in (0, 0.5), got {value}")
+    _check_data_source(config)
     _choice(config.data.intensity, INTENSITIES, "data.intensity")
     _choice(config.data.augmentation, AUGMENTATIONS, "data.augmentation")
     if config.data.num_workers < 0:
@@ -210,6 +210,39 @@ def _positive(config: Config, *keys: str) -> None:
         value = _get(config, key)
         if value <= 0:
             raise ConfigError(f"{key}: must be positive, got {value}")
+
+
+def _check_data_source(config: Config) -> None:
+    """Options that name where data come from must fit the data set."""
+    data = config.data
+    if data.name in GENERATED and data.root:
+        raise ConfigError(
+            f"data.root: data set {data.name!r} is generated, it reads no folder; drop "
+            f"--data-root {data.root}, or name the data set of that folder with --dataset"
+        )
+    values = data.label_values
+    if len(set(values)) != len(values):
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        raise ConfigError(
+            f"data.label_values: each mask value maps to its own class, but "
+            f"{', '.join(map(str, repeated))} is given more than once in {values}"
+        )
+    if any(v < 0 for v in values):
+        raise ConfigError(f"data.label_values: mask values are >= 0, got {values}")
+
+
+def _imports_hint(config: Config, kind: str, name: str) -> str:
+    """What to pass when a config names code of modules it records (``run.imports``): a
+    config is data, so the modules it lists are reported, never imported from it."""
+    modules = [m for m in config.run.imports if isinstance(m, str)]
+    if not modules:
+        return ""
+    flags = " ".join(f"--import {m}" for m in modules)
+    return (
+        f" This config was written with {kind} {name!r} from module(s) {', '.join(modules)} "
+        f"(run.imports), which a config or checkpoint never imports by itself; pass {flags} "
+        f"(or import them in Python) to load it."
+    )
 
 
 def _choice(value: str, choices: tuple[str, ...], key: str) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from fedbcs_lightning.data.federated import FederatedData, Site
 from fedbcs_lightning.data.readers import DataError, sha256
-from fedbcs_lightning.io import atomic_write, remove_stale_temporaries
+from fedbcs_lightning.io import atomic_write_path, remove_stale_temporaries
 
 FORMAT = 2  # 2: the manifest says whether Dice is scored per case
 
@@ -49,13 +49,16 @@ def write_cache(data: FederatedData, path: str | Path, image_size: int) -> dict[
 
     manifest = manifest_of(data, image_size)
 
-    def write(handle) -> None:
-        with h5py.File(handle, "w") as f:
+    def write(temporary: Path) -> None:
+        # HDF5 crashes the process when a write finds the disk full, so each array is
+        # written only where the disk has room for it uncompressed (an upper bound)
+        with h5py.File(temporary, "w") as f:
             f.attrs["manifest"] = json.dumps(manifest)
             for site in data.sites:
                 group = f.create_group(site.name)
                 if isinstance(site.images, np.ndarray):
                     for key, array in (("images", site.images), ("masks", site.masks)):
+                        _room_for(temporary, array.nbytes)
                         group.create_dataset(
                             key, data=array, compression="gzip", chunks=(1, *array.shape[1:])
                         )
@@ -63,6 +66,7 @@ def write_cache(data: FederatedData, path: str | Path, image_size: int) -> dict[
                     for key, arrays in (("images", site.images), ("masks", site.masks)):
                         sub = group.create_group(key)
                         for i, array in enumerate(arrays):
+                            _room_for(temporary, array.nbytes)
                             sub.create_dataset(f"{i:06d}", data=array, compression="gzip")
                 if site.groups is not None:
                     group.create_dataset("groups", data=np.array(site.groups, dtype="S"))
@@ -71,8 +75,21 @@ def write_cache(data: FederatedData, path: str | Path, image_size: int) -> dict[
 
     path = Path(path)
     remove_stale_temporaries(path.parent, path.name)  # left by a killed earlier prepare
-    atomic_write(path, write)
+    atomic_write_path(path, write)
     return manifest
+
+
+#: Room kept free beyond an array's size: HDF5's metadata, written when the file closes.
+METADATA_ROOM = 1 << 20
+
+
+def _room_for(path: Path, nbytes: int) -> None:
+    """Raise a full-disk ``OSError`` before writing ``nbytes`` where they do not fit."""
+    import errno
+    import shutil
+
+    if shutil.disk_usage(path.parent).free < nbytes + METADATA_ROOM:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
 
 def read_cache(

@@ -39,7 +39,9 @@ class FederatedTrainer:
     round's record; with fewer than ``min_clients`` accepted updates (or all configured
     clients, if fewer) the run stops with :class:`FederationStopped`, the last complete
     round kept. The model selected for the final report is the round with the best mean
-    validation Dice over sites; the last round is reported beside it. Test data is used
+    validation Dice over sites, among the rounds that the most sites validated (all of
+    them, unless a site dropped out: means over the same sites are compared); the last
+    round is reported beside it. Test data is used
     only at the end.
 
     Callbacks run in the order given, except that those with ``runs_last`` (the checkpoint
@@ -122,7 +124,7 @@ class FederatedTrainer:
         names = list(self.clients)
         if self.server_round == 0:
             self.weights = weights
-            self.best_score, self.best_round = -float("inf"), 0
+            self.best_score, self.best_round, self.best_sites = -float("inf"), 0, 0
             self.best_weights = copy.deepcopy(weights)
         self._call("on_fit_start")
         for server_round in range(self.server_round + 1, self.rounds + 1):
@@ -158,7 +160,8 @@ class FederatedTrainer:
             if self.validates(server_round):
                 per_site, mean = self.evaluate(self.weights, "val")
                 record["val"] = {"sites": per_site, "mean": mean}
-                if mean[self.selection_metric] > self.best_score:
+                if self._better(len(per_site), mean[self.selection_metric]):
+                    self.best_sites = len(per_site)
                     self.best_score, self.best_round = mean[self.selection_metric], server_round
                     self.best_weights = copy.deepcopy(self.weights)
             if rejected:
@@ -182,6 +185,12 @@ class FederatedTrainer:
         )
         self._call("on_fit_end", result)
         return result
+
+    def _better(self, sites: int, score: float) -> bool:
+        """Whether a round validated by ``sites`` sites with mean ``score`` beats the best
+        so far: means over the same sites are compared, so a round that more sites
+        validated (every site, unless one dropped out) wins over one that fewer did."""
+        return (sites, score) > (self.best_sites, self.best_score)
 
     def validates(self, server_round: int) -> bool:
         """Whether ``server_round`` ends with validation: every ``eval_every`` rounds and
@@ -219,6 +228,7 @@ class FederatedTrainer:
             "best": {
                 "score": self.best_score,
                 "round": self.best_round,
+                "sites": self.best_sites,
                 "weights": share_equal(self.best_weights, self.weights),
             },
             "history": self.history,
@@ -237,6 +247,7 @@ class FederatedTrainer:
         self.weights = state["weights"]
         best = state["best"]
         self.best_score, self.best_round = best["score"], best["round"]
+        self.best_sites = best.get("sites", len(self.clients))  # states of earlier versions
         self.best_weights = {k: v.clone() for k, v in best["weights"].items()}  # unshared
         self.history = list(state["history"])
         self.strategy.load_state_dict(state["strategy"])

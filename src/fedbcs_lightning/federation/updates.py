@@ -31,6 +31,8 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from fedbcs_lightning.io import non_finite
+
 if TYPE_CHECKING:  # torch loads with the first check, not with the exceptions below
     import torch
 
@@ -111,24 +113,6 @@ class UpdateValidator:
                 f"round {server_round}: the aggregated weights hold non-finite values "
                 f"({_some(bad)}); nothing of this round was kept"
             )
-
-
-def non_finite(weights: Mapping[str, torch.Tensor]) -> list[str]:
-    """The keys of the floating-point tensors that hold a NaN or an infinity, in order.
-
-    One pass over every tensor at once: a tensor's largest absolute value (its infinity
-    norm, through ``torch._foreach_norm``) is finite exactly when all of its values are.
-    """
-    import torch
-
-    keys = [k for k, v in weights.items() if v.is_floating_point() and v.numel() > 0]
-    if not keys:
-        return []
-    norms = torch._foreach_norm([weights[k] for k in keys], float("inf"))
-    finite = torch.isfinite(torch.stack([n.float().cpu() for n in norms]))
-    if bool(finite.all()):
-        return []
-    return [k for k, ok in zip(keys, finite.tolist(), strict=True) if not ok]
 
 
 def relative_change(weights: Mapping[str, torch.Tensor], sent: Mapping[str, Any]) -> float:

@@ -10,7 +10,11 @@ The server app reads its run config (``--run-config`` of ``flwr run``):
 - ``run-dir``: the run directory (on the server's disk), as ``fedbcs fit --output``;
 - ``resume``: continue the run in ``run-dir`` from its last saved round;
 - ``overwrite``: replace an earlier run's files in ``run-dir``;
-- ``outcome-file``: where to write how the run ended (JSON), for ``fedbcs serve``.
+- ``outcome-file``: where to write how the run ended (JSON), for ``fedbcs serve``;
+- ``site-nodes``: JSON, each site's name -> the node ID of its registered key (site
+  authentication): a node may only be the site its key was registered for;
+- ``imports``: modules to import first, comma-separated (``fedbcs serve --import``): the
+  only code a run imports; the modules a config lists (``run.imports``) are a record.
 """
 
 from __future__ import annotations
@@ -42,19 +46,26 @@ def run_server(transport: Any, run_config: dict[str, Any]) -> dict[str, Any]:
     from fedbcs_lightning.config import ConfigError, resolve
     from fedbcs_lightning.federation.updates import FederationStopped
     from fedbcs_lightning.flower.server import FlowerEngine
+    from fedbcs_lightning.registry import import_modules
     from fedbcs_lightning.rundir import RunDirectoryError
 
     outcome_file = run_config.get("outcome-file") or None
-    engine = FlowerEngine(transport)
+    import json
+
+    site_nodes = {
+        str(k): int(v) for k, v in json.loads(run_config.get("site-nodes") or "{}").items()
+    }
+    engine = FlowerEngine(transport, site_nodes=site_nodes)
     run_dir = Path(str(run_config["run-dir"]))
     try:
+        import_modules([m for m in str(run_config.get("imports") or "").split(",") if m])
         if run_config.get("resume"):
             run = resume(run_dir, engine=engine)
         else:
             config = resolve(str(run_config["config-file"]))
             run = fit(config, run_dir, overwrite=bool(run_config.get("overwrite")), engine=engine)
         outcome = {"status": "finished", "message": run.summary_table()}
-    except (FederationStopped, ConfigError, ResumeError, RunDirectoryError) as err:
+    except (FederationStopped, ConfigError, ResumeError, RunDirectoryError, ImportError) as err:
         outcome = {"status": "stopped", "message": str(err)}
     except BaseException as err:
         outcome = {"status": "failed", "message": "".join(traceback.format_exception(err))}

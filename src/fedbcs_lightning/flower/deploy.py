@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -31,7 +32,7 @@ QUIET = {
 }
 CONNECTION = "fedbcs"  # the name of the server's control connection in its Flower home
 APP_CONFIG = {"config-file": "", "run-dir": "", "resume": False, "overwrite": False,
-              "outcome-file": ""}  # fmt: skip
+              "outcome-file": "", "imports": "", "site-nodes": "{}"}  # fmt: skip
 
 
 class DeployError(RuntimeError):
@@ -46,6 +47,123 @@ class Tls:
     ca: Path
     cert: Path | None = None
     key: Path | None = None
+
+
+def check_certificates(path: Path, flag: str) -> None:
+    """``path`` holds PEM certificates; a :class:`DeployError` naming it otherwise."""
+    from cryptography import x509
+
+    try:
+        x509.load_pem_x509_certificates(path.read_bytes())
+    except (OSError, ValueError) as err:
+        raise DeployError(
+            f"{flag} {path}: not a PEM certificate ({_first_line(err)}); give the CA "
+            "certificate file (-----BEGIN CERTIFICATE-----)"
+        ) from None
+
+
+def check_server_files(tls: Tls) -> None:
+    """The server's TLS files: certificates, a private key, and the key of the certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    check_certificates(tls.ca, "--ca")
+    check_certificates(tls.cert, "--cert")
+    key = _private_key(tls.key, "--key", pem_only=True)
+    cert = x509.load_pem_x509_certificates(tls.cert.read_bytes())[0]
+    der = serialization.PublicFormat.SubjectPublicKeyInfo
+    as_der = serialization.Encoding.DER
+    if cert.public_key().public_bytes(as_der, der) != key.public_key().public_bytes(as_der, der):
+        raise DeployError(f"--key {tls.key} is not the private key of --cert {tls.cert}")
+
+
+def check_site_key(path: Path) -> None:
+    """A site's private key: an EC key (what Flower signs with), and the key of its
+    ``.pub`` file when one lies beside it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = _private_key(path, "--key")
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise DeployError(
+            f"--key {path}: a {type(key).__name__.removeprefix('_')} key; site keys are EC "
+            "keys (ssh-keygen -t ecdsa -b 384 -N '' -f site-a)"
+        )
+    public = path.with_name(path.name + ".pub")
+    if public.is_file():
+        ssh = serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        mine = key.public_key().public_bytes(*ssh).split()[:2]
+        if public.read_bytes().split()[:2] != mine:
+            raise DeployError(
+                f"--key {path} does not match its public key {public} (the server admits the "
+                "site whose .pub it was given)"
+            )
+
+
+def _private_key(path: Path, flag: str, pem_only: bool = False):
+    from cryptography.hazmat.primitives import serialization
+
+    data = path.read_bytes()
+    if b"CERTIFICATE-----" in data:
+        raise DeployError(f"{flag} {path}: a certificate, not a private key")
+    loaders = [serialization.load_pem_private_key]
+    if not pem_only:
+        loaders.insert(0, serialization.load_ssh_private_key)
+    for load in loaders:
+        try:
+            return load(data, password=None)
+        except (ValueError, TypeError):
+            continue
+        except Exception as err:  # e.g. an unsupported algorithm: still the file's fault
+            raise DeployError(f"{flag} {path}: not a usable private key ({err})") from None
+    kinds = "PEM" if pem_only else "OpenSSH or PEM"
+    raise DeployError(f"{flag} {path}: not an unencrypted {kinds} private key")
+
+
+def probe_server(address: str, ca: Path | None, timeout: float = 5.0) -> None:
+    """Dial the server once and say what does not fit before a SuperNode retries in
+    silence: a TLS server joined with ``--insecure``, a plain server joined with TLS, a
+    certificate the ``--ca`` did not sign. A server that does not answer yet is no error
+    (the site waits for it)."""
+    import ssl
+
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        raw = socket.create_connection((host, int(port)), timeout=timeout)
+    except (OSError, ValueError):
+        return
+    with raw:
+        if ca is None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            try:
+                context.wrap_socket(raw, server_hostname=host).close()
+            except (ssl.SSLError, OSError):
+                return  # no TLS: as --insecure expects
+            raise DeployError(
+                f"the server at {address} uses TLS, and this site was started with "
+                "--insecure: pass --ca with the CA certificate the server's operator gave you"
+            )
+        context = ssl.create_default_context(cafile=str(ca))
+        try:
+            context.wrap_socket(raw, server_hostname=host).close()
+        except ssl.SSLCertVerificationError as err:
+            raise DeployError(
+                f"the server at {address} presents a certificate that --ca {ca} does not "
+                f"verify ({err.verify_message}): is it the CA of this server, and does the "
+                "server's certificate name this address?"
+            ) from None
+        except (ssl.SSLError, OSError) as err:
+            raise DeployError(
+                f"the server at {address} does not speak TLS ({_first_line(err)}): was it "
+                "started with --insecure? Then join with --insecure too"
+            ) from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def environment(home: Path) -> dict[str, str]:
@@ -174,6 +292,55 @@ def stop(process: subprocess.Popen | None, grace: float = 10) -> None:
             continue
 
 
+@dataclass(frozen=True)
+class SiteKey:
+    """A site allowed in, and the public key it must sign with: the key admits that site
+    only (``fedbcs serve --site-key NAME=FILE``, or ``FILE`` for a site named like its
+    file, ``site-a.pub`` -> ``site-a``)."""
+
+    name: str
+    path: Path
+
+    @classmethod
+    def parse(cls, text: str) -> SiteKey:
+        name, sep, path = text.partition("=")
+        if not sep:
+            name, path = Path(text).name.removesuffix(".pub"), text
+        if not name or not path:
+            raise ValueError(f"--site-key {text!r}: give NAME=FILE or FILE")
+        return cls(name, Path(path).expanduser().resolve())
+
+    def fingerprint(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(self.path.read_bytes().split()[1]).hexdigest()
+
+
+def check_site_keys(keys: tuple[SiteKey, ...]) -> None:
+    """Each site once, each key once, every file a readable OpenSSH public key."""
+    names: dict[str, Path] = {}
+    prints: dict[str, str] = {}
+    for key in keys:
+        if not key.path.is_file():
+            raise DeployError(f"--site-key {key.name}={key.path}: no such file")
+        fields = key.path.read_bytes().split()
+        if len(fields) < 2 or not fields[0].startswith((b"ecdsa-", b"ssh-", b"sk-")):
+            raise DeployError(
+                f"--site-key {key.path}: not an OpenSSH public key (the site's .pub file, "
+                "e.g. from ssh-keygen -t ecdsa -b 384)"
+            )
+        if key.name in names:
+            raise DeployError(f"--site-key: site {key.name!r} is given twice "
+                              f"({names[key.name]} and {key.path})")  # fmt: skip
+        print_ = key.fingerprint()
+        if print_ in prints:
+            raise DeployError(
+                f"--site-key: {key.path} is the same key as site {prints[print_]!r}'s; a key "
+                "admits one site"
+            )
+        names[key.name], prints[print_] = key.path, key.name
+
+
 @dataclass
 class Server:
     """``fedbcs serve``: a SuperLink and one run submitted to it."""
@@ -182,7 +349,7 @@ class Server:
     host: str = "0.0.0.0"
     port: int = 8000
     tls: Tls | None = None
-    site_keys: tuple[Path, ...] = ()  # public keys of the sites allowed in (node auth)
+    site_keys: tuple[SiteKey, ...] = ()  # the sites allowed in, each with its key (node auth)
 
     def run(self, run_config: dict[str, object]) -> dict[str, str]:
         """Register the sites' keys, start the SuperLink, run the server app until it
@@ -192,13 +359,13 @@ class Server:
         env = environment(self.home)
         env.setdefault("FLWR_LOG_LEVEL", "WARNING")  # the run's own progress lines, not Flower's
         app = write_app(self.home)
-        if self.site_keys:
-            self.register(env)
+        site_nodes = self.register(env) if self.site_keys else {}
         write_connection(self.home, self.port, self.tls)
         outcome_file = self.home / "outcome.json"
         outcome_file.unlink(missing_ok=True)
         overrides = self.home / "run-config.toml"
-        values = {**run_config, "outcome-file": str(outcome_file)}
+        values = {**run_config, "outcome-file": str(outcome_file),
+                  "site-nodes": json.dumps(site_nodes)}  # fmt: skip
         overrides.write_text("".join(f"{_toml(k)} = {_toml(v)}\n" for k, v in values.items()))
         link = self.start(self.host, self.port, env)
         try:
@@ -231,26 +398,49 @@ class Server:
             raise
         return link
 
-    def register(self, env: dict[str, str]) -> None:
+    def register(self, env: dict[str, str]) -> dict[str, int]:
         """Register the sites' public keys in the SuperLink's database before any site can
         dial it: on a private port of 127.0.0.1, with a SuperLink stopped afterwards (the
-        database keeps the keys), so no site is refused for knocking too early."""
+        database keeps the keys), so no site is refused for knocking too early. Returns
+        each site's node ID (what its key makes it), kept in ``site-nodes.json`` for keys
+        registered by an earlier start."""
+        check_site_keys(self.site_keys)
+        known_file = self.home / "site-nodes.json"
+        known = json.loads(known_file.read_text()) if known_file.is_file() else {}
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             private = probe.getsockname()[1]
         write_connection(self.home, private, self.tls)
         link = self.start("127.0.0.1", private, env)
+        nodes: dict[str, int] = {}
         try:
             for key in self.site_keys:
                 done = subprocess.run(
-                    ["flwr", "supernode", "register", str(key), CONNECTION],
+                    ["flwr", "supernode", "register", str(key.path), CONNECTION,
+                     "--format", "json"],
                     env=env, capture_output=True, text=True,
                 )  # fmt: skip
                 said = done.stdout + done.stderr
-                if done.returncode != 0 and "already" not in said.lower():
-                    raise DeployError(f"registering site key {key} failed:\n{said}")
+                found = re.search(r'"node-id":\s*"?(-?\d+)', said)
+                if done.returncode == 0 and found:
+                    nodes[key.name] = int(found.group(1))
+                elif "already" in said.lower() and key.fingerprint() in known:
+                    nodes[key.name] = int(known[key.fingerprint()])
+                elif "already" in said.lower():
+                    raise DeployError(
+                        f"site key {key.path} is registered in {self.home / 'superlink.db'} "
+                        "by an older start that did not record its site; remove that file "
+                        "to register every site afresh"
+                    )
+                else:
+                    raise DeployError(f"registering site key {key.path} failed:\n{said}")
         finally:
             stop(link)
+        known.update({key.fingerprint(): nodes[key.name] for key in self.site_keys})
+        from fedbcs_lightning.io import atomic_write_json
+
+        atomic_write_json(known_file, known)
+        return nodes
 
 
 #: What the SuperNode prints when the SuperLink refuses its key (it then exits).
@@ -298,8 +488,8 @@ def join(
                 time.sleep(5)
                 continue
             if time.monotonic() > deadline:
-                say("the server refused this site's key: is its .pub file among the "
-                    "server's --site-key options?")  # fmt: skip
+                say(f"the server refused this site's key {private_key}: is its .pub file "
+                    "among the server's --site-key options, with this site's name?")  # fmt: skip
                 return 3
             say("the server refused this site's key for now; trying again in 15 s")
             time.sleep(15)

@@ -121,15 +121,55 @@ def encode_update(update: ClientUpdate) -> RecordDict:
     )
 
 
+class MalformedReply(ValueError):
+    """A site's reply that cannot be read as what was asked (a header, record, count or
+    tensor missing or of the wrong kind): for the server, a rejected update of that site."""
+
+
+def _record(content: RecordDict, name: str, kind: type) -> Any:
+    try:
+        record = content[name]
+    except (KeyError, TypeError):
+        raise MalformedReply(f"no {name!r} record") from None
+    if not isinstance(record, kind):
+        raise MalformedReply(f"{name!r} is a {type(record).__name__}, not a {kind.__name__}")
+    return record
+
+
+def _arrays(record: ArrayRecord, name: str) -> Weights:
+    try:
+        return record_weights(record)
+    except Exception as err:  # any undecodable array: name the record, not a traceback
+        raise MalformedReply(f"{name!r} holds an undecodable array ({err})") from None
+
+
 def decode_update(content: RecordDict) -> ClientUpdate:
-    header = content[HEADER]
-    return ClientUpdate(
-        str(header["client"]),
-        record_weights(content["weights"]),
-        int(header["num-examples"]),
-        {k: float(v) for k, v in content["metrics"].items()},
-        unpack(str(header["payload"]), record_weights(content["payload"])),
-    )
+    """A site's ``fit`` reply as a :class:`ClientUpdate`; :class:`MalformedReply` says what
+    is wrong with one that is not (checked before anything of it is used)."""
+    header = _record(content, HEADER, ConfigRecord)
+    for key in ("client", "num-examples", "payload"):
+        if key not in header:
+            raise MalformedReply(f"the header lacks {key!r}")
+    client, count, payload = header["client"], header["num-examples"], header["payload"]
+    if not isinstance(client, str):
+        raise MalformedReply(f"the site name is a {type(client).__name__}, not a string")
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise MalformedReply(f"the example count must be a whole number, got {count!r}")
+    if not isinstance(payload, str):
+        raise MalformedReply("the payload description is not text")
+    weights = _arrays(_record(content, "weights", ArrayRecord), "weights")
+    tensors = _arrays(_record(content, "payload", ArrayRecord), "payload")
+    metrics = _record(content, "metrics", MetricRecord)
+    values = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise MalformedReply(f"metric {key!r} is not a number")
+        values[key] = float(value)
+    try:
+        unpacked = unpack(payload, tensors)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
+        raise MalformedReply(f"the payload cannot be read ({type(err).__name__}: {err})") from None
+    return ClientUpdate(client, weights, count, values, unpacked)
 
 
 def encode_reply(values: dict[str, Any]) -> RecordDict:
@@ -138,15 +178,31 @@ def encode_reply(values: dict[str, Any]) -> RecordDict:
 
 
 def decode_reply(content: RecordDict) -> dict[str, Any]:
-    return json.loads(str(content[HEADER]["reply"]))
+    """A non-update reply's values; :class:`MalformedReply` if it holds none."""
+    header = _record(content, HEADER, ConfigRecord)
+    text = header.get("reply") if "reply" in header else None
+    if not isinstance(text, str):
+        raise MalformedReply("the header holds no reply")
+    try:
+        values = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise MalformedReply(f"the reply is not JSON ({err})") from None
+    if not isinstance(values, dict):
+        raise MalformedReply("the reply is not a mapping")
+    return values
 
 
 def refusal(content: RecordDict) -> str | None:
-    """Why the site refused, if it did."""
-    header = content[HEADER] if HEADER in content else {}
-    if "reply" not in header:
+    """Why the site refused, if it did (a malformed reply is no refusal; reading it as
+    what was asked says what is wrong)."""
+    try:
+        header = content[HEADER] if HEADER in content else {}
+        if "reply" not in header:
+            return None
+        error = decode_reply(content).get("error")
+    except (MalformedReply, TypeError):
         return None
-    return decode_reply(content).get("error")
+    return None if error is None else str(error)
 
 
 def nbytes(content: RecordDict) -> dict[str, int]:

@@ -28,6 +28,7 @@ from flwr.app import RecordDict
 from fedbcs_lightning.config import Config, ConfigError
 from fedbcs_lightning.federation.updates import FederationStopped, RejectedUpdate
 from fedbcs_lightning.flower.records import (
+    MalformedReply,
     decode_reply,
     decode_update,
     encode_instruction,
@@ -99,6 +100,92 @@ class RemoteSite:
         self.name = name
 
 
+class Roster:
+    """Which connected node is which site.
+
+    A node says which site it is when first asked (``describe``). With site
+    authentication, each site's key is bound to its name on the server (``bound``: site
+    name -> the node ID its registered key gives), so a node may only be the site whose key
+    it signs with. Whatever the authentication, a site that is connected is never taken
+    over by a second node claiming its name. A node that leaves is forgotten, so when it
+    (or a new node for that site) comes back it is asked again and the site takes part
+    from the next round.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        bound: dict[str, int] | None = None,
+        say: Callable[[str], None] = log,
+    ) -> None:
+        self.transport = transport
+        self.bound = dict(bound or {})
+        self.say = say
+        self.nodes: dict[str, int] = {}  # site -> the node that is it now
+        self.asked: set[int] = set()  # online nodes already asked (accepted or not)
+
+    def node_of(self, name: str) -> int | None:
+        return self.nodes.get(name)
+
+    def refresh(
+        self, header: dict[str, Any], timeout: float, names: set[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Forget nodes that left; ask new ones which site they are. Returns what each
+        newly accepted site said (``names``, when given, are the sites of the run)."""
+        online = set(self.transport.node_ids())
+        for name, node in list(self.nodes.items()):
+            if node not in online:
+                del self.nodes[name]
+                self.say(f"site {name} disconnected")
+        self.asked &= online
+        new = sorted(online - self.asked)
+        if not new:
+            return {}
+        self.asked |= set(new)
+        contents = {n: encode_instruction(Instruction({}, {}), header) for n in new}
+        accepted: dict[str, dict[str, Any]] = {}
+        for node, reply in sorted(self.transport.send(contents, "describe", timeout).items()):
+            why = reply if isinstance(reply, str) else refusal(reply)
+            if why:
+                self.say(f"node {node} cannot take part: {_short(why)}")
+                continue
+            try:
+                answer = _description(reply)
+            except MalformedReply as err:
+                self.say(f"node {node} sent an unreadable description ({err}); ignored")
+                continue
+            name = answer["site"]
+            refused = self.claim(node, name, names)
+            holder = self.nodes.get(name)
+            if not refused and holder not in (None, node):
+                refused = (
+                    f"site {name!r} is already connected (node {holder}); a name is taken once"
+                )
+                self.asked.discard(node)  # asked again, in case the site's node has left
+            if refused:
+                self.say(f"node {node} refused: {refused}")
+                continue
+            self.nodes[name] = node
+            accepted[name] = answer
+        return accepted
+
+    def claim(self, node: int, name: str, names: set[str] | None) -> str | None:
+        """Why ``node`` may never be site ``name`` (``None``: it may, once the name is
+        free)."""
+        if names is not None and name not in names:
+            return f"it says it is site {name!r}, which is not a site of this run"
+        if self.bound:
+            owner = next((site for site, bound in self.bound.items() if bound == node), None)
+            if owner is None:
+                return f"it says it is site {name!r}, but its key is none of the sites' keys"
+            if owner != name:
+                return (
+                    f"it says it is site {name!r}, but it signs with the key of site "
+                    f"{owner!r}; a site key admits only the site it was registered for"
+                )
+        return None
+
+
 class RemoteClients:
     """The loop's engine for sites reached through a :class:`Transport` (see
     :mod:`fedbcs_lightning.federation.engine`). Site state stays on the sites; the server
@@ -109,15 +196,15 @@ class RemoteClients:
     def __init__(
         self,
         transport: Transport,
-        nodes: dict[str, int],
+        roster: Roster,
+        names: list[str],
         config: Config,
         round_timeout: float,
         say: Callable[[str], None] = log,
     ) -> None:
         self.transport = transport
-        self.clients = {name: RemoteSite(name) for name in sorted(nodes)}
-        self.nodes: dict[str, int | None] = dict(nodes)
-        self.known = set(nodes.values())
+        self.roster = roster
+        self.clients = {name: RemoteSite(name) for name in sorted(names)}
         self.config_json = json.dumps(config.to_dict())
         self.checkpoint_every = config.run.checkpoint_every
         self.round_timeout = round_timeout
@@ -137,47 +224,31 @@ class RemoteClients:
         }
 
     def refresh(self) -> None:
-        """Forget nodes that left; ask nodes that joined (or rejoined) which site they are."""
-        online = set(self.transport.node_ids())
-        for name, node in self.nodes.items():
-            if node is not None and node not in online:
-                self.nodes[name] = None
-                self.say(f"site {name} disconnected")
-        new = online - self.known
-        self.known |= new
-        if not new:
-            return
-        empty = Instruction({}, {})
+        """Forget sites that left; take back sites that came again (from this round on)."""
         header = self.header("describe", self.server_round)
-        contents = {n: encode_instruction(empty, header) for n in new}
-        for node, reply in self.transport.send(contents, "describe", self.round_timeout).items():
-            name = _site_name(reply)
-            if name in self.clients:
-                self.nodes[name] = node
-                self.say(f"site {name} joined again")
-            else:
-                self.say(f"node {node} ({name or reply}) is not a site of this run; ignored")
+        for name in self.roster.refresh(header, self.round_timeout, set(self.clients)):
+            self.say(f"site {name} joined again")
 
     def _send(self, kind: str, instructions: dict[str, Instruction], **extra: Any):
         if not instructions:
             return {}
-        self.refresh()
         server_round = int(next(iter(instructions.values())).config.get("round", 0))
         self.server_round = server_round
+        self.refresh()
         header = self.header(kind, server_round, **extra)
+        nodes = {name: self.roster.node_of(name) for name in instructions}
         contents = {
-            self.nodes[name]: encode_instruction(instruction, header)
-            for name, instruction in instructions.items()
-            if self.nodes.get(name) is not None
+            node: encode_instruction(instructions[name], header)
+            for name, node in nodes.items()
+            if node is not None
         }
         replies = self.transport.send(contents, kind, self.round_timeout)
         out: dict[str, RecordDict | str] = {}
-        for name in instructions:
-            node = self.nodes.get(name)
+        for name, node in nodes.items():
             if node is None:
                 out[name] = "dropped out: not connected"
                 continue
-            reply = replies[node]
+            reply = replies.get(node, "no reply")
             if isinstance(reply, str):
                 out[name] = f"dropped out: {_short(reply)}"
                 continue
@@ -193,7 +264,11 @@ class RemoteClients:
             if isinstance(reply, str):
                 yield name, RejectedUpdate(name, reply)
                 continue
-            update = decode_update(reply)
+            try:
+                update = decode_update(reply)
+            except MalformedReply as err:
+                yield name, RejectedUpdate(name, f"malformed reply: {err}")
+                continue
             if update.client != name:
                 yield name, RejectedUpdate(name, f"the reply names site {update.client!r}")
                 continue
@@ -212,7 +287,11 @@ class RemoteClients:
             if isinstance(reply, str):
                 self.say(f"site {name}: no {split} metrics this round ({reply})")
                 continue
-            per_site[name] = {k: float(v) for k, v in decode_reply(reply)["metrics"].items()}
+            try:
+                per_site[name] = _metrics(reply)
+            except MalformedReply as err:
+                self.say(f"site {name}: no {split} metrics this round (malformed reply: {err})")
+                continue
             done(name)
         return per_site
 
@@ -225,39 +304,61 @@ class RemoteClients:
         self.run_key = state["run_key"]
 
 
+#: What a site's description holds about its data (all sites of a run must agree).
+DATA_KEYS = ("name", "class_names", "regions", "in_channels", "whole_images")
+
+
+def _description(reply: RecordDict) -> dict[str, Any]:
+    """A site's answer to ``describe``, checked for what the server reads of it."""
+    answer = decode_reply(reply)
+    if not isinstance(answer.get("site"), str) or not answer["site"]:
+        raise MalformedReply("it names no site")
+    data = answer.get("data")
+    if not isinstance(data, dict) or any(k not in data for k in DATA_KEYS):
+        raise MalformedReply("its data description is incomplete")
+    if not isinstance(answer.get("splits"), dict):
+        raise MalformedReply("it holds no split sizes")
+    return answer
+
+
+def _metrics(reply: RecordDict) -> dict[str, float]:
+    metrics = decode_reply(reply).get("metrics")
+    if not isinstance(metrics, dict):
+        raise MalformedReply("it holds no metrics")
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise MalformedReply(f"metric {key!r} is not a number")
+        out[str(key)] = float(value)
+    return out
+
+
 def _short(reason: str, limit: int = 400) -> str:
     """A reason fit for one log line (a site's traceback is in the site's own log)."""
     reason = " ".join(reason.split())
     return reason if len(reason) <= limit else reason[: limit - 3] + "..."
 
 
-def _site_name(reply: RecordDict | str) -> str | None:
-    if isinstance(reply, str) or refusal(reply):
-        return None
-    return decode_reply(reply).get("site")
-
-
 class FlowerEngine:
     """Prepares a federation of the sites connected to the SuperLink (see
-    :meth:`prepare`); pass it as ``engine`` to :func:`fedbcs_lightning.api.fit`."""
+    :meth:`prepare`); pass it as ``engine`` to :func:`fedbcs_lightning.api.fit`.
+
+    ``site_nodes`` binds each site's name to the node ID of its registered key (site
+    authentication, ``fedbcs serve --site-key NAME=FILE``): a node may then only be the
+    site its key was registered for.
+    """
 
     resume_command = "fedbcs serve --resume"
 
-    def __init__(self, transport: Transport, say: Callable[[str], None] = log) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        say: Callable[[str], None] = log,
+        site_nodes: dict[str, int] | None = None,
+    ) -> None:
         self.transport = transport
         self.say = say
-
-    def wait_for_sites(self, config: Config) -> list[int]:
-        wanted = config.server.sites or config.server.min_clients
-        deadline = time.monotonic() + config.server.join_timeout
-        self.say(
-            f"waiting for {wanted} site(s) (server.join_timeout={config.server.join_timeout:g} s)"
-        )
-        while True:
-            nodes = self.transport.node_ids()
-            if len(nodes) >= wanted or time.monotonic() > deadline:
-                return nodes
-            time.sleep(1.0)
+        self.roster = Roster(transport, site_nodes, say)
 
     def prepare(self, config: Config):
         from fedbcs_lightning.api import Setup
@@ -276,8 +377,7 @@ class FlowerEngine:
                 "train.clients: on Flower the sites that join are the clients; leave it unset"
             )
         check_setup(merge(config, {"run": {"accelerator": "cpu"}}))  # devices are the sites'
-        nodes = self.wait_for_sites(config)
-        described = self.describe(config, nodes)
+        described = self.wait_for_sites(config)
         if len(described) < config.server.min_clients:
             raise FederationStopped(
                 f"{len(described)} site(s) joined within server.join_timeout="
@@ -294,14 +394,21 @@ class FlowerEngine:
         )
         template = strategy.configure_backbone(build_backbone(config, shape))
         weights = {k: v.detach().clone() for k, v in template.state_dict().items()}
-        nodes_of = {name: d["node"] for name, d in described.items()}
         clients = RemoteClients(
-            self.transport, nodes_of, config, config.server.round_timeout, self.say
-        )
-        self.say(f"sites: {', '.join(sorted(nodes_of))}")
+            self.transport, self.roster, list(described), config,
+            config.server.round_timeout, self.say,
+        )  # fmt: skip
+        self.say(f"sites: {', '.join(sorted(described))}")
         return Setup(strategy, clients, weights, info, splits, None)
 
-    def describe(self, config: Config, nodes: list[int]) -> dict[str, dict]:
+    def wait_for_sites(self, config: Config) -> dict[str, dict]:
+        """Ask every node that connects which site it is until ``server.sites`` distinct
+        sites (default ``server.min_clients``) have joined, or ``server.join_timeout``."""
+        wanted = config.server.sites or config.server.min_clients
+        deadline = time.monotonic() + config.server.join_timeout
+        self.say(
+            f"waiting for {wanted} site(s) (server.join_timeout={config.server.join_timeout:g} s)"
+        )
         header = {
             "kind": "describe",
             "round": 0,
@@ -309,35 +416,24 @@ class FlowerEngine:
             "keep-from": 0,
             "config": json.dumps(config.to_dict()),
         }
-        contents = {n: encode_instruction(Instruction({}, {}), header) for n in nodes}
         described: dict[str, dict] = {}
-        for node, reply in self.transport.send(
-            contents, "describe", config.server.round_timeout
-        ).items():
-            why = reply if isinstance(reply, str) else refusal(reply)
-            if why:
-                self.say(f"node {node} cannot take part: {why}")
-                continue
-            answer = decode_reply(reply)
-            name = answer["site"]
-            if name in described:
-                self.say(
-                    f"node {node} says it is site {name}, which node "
-                    f"{described[name]['node']} already is; ignored"
-                )
-                continue
-            described[name] = {**answer, "node": node}
-            theirs, ours = answer.get("version"), library_version()
-            if theirs != ours:
-                self.say(f"site {name} runs fedbcs-lightning {theirs}, the server {ours}: "
-                         "install the same version everywhere")  # fmt: skip
-        return described
+        while True:
+            for name, answer in self.roster.refresh(header, config.server.round_timeout).items():
+                described[name] = answer
+                theirs, ours = answer.get("version"), library_version()
+                if theirs != ours:
+                    self.say(f"site {name} runs fedbcs-lightning {theirs}, the server {ours}: "
+                             "install the same version everywhere")  # fmt: skip
+            described = {n: d for n, d in described.items() if self.roster.node_of(n) is not None}
+            if len(described) >= wanted or time.monotonic() > deadline:
+                return described
+            time.sleep(1.0)
 
 
 def _common_data(described: dict[str, dict]) -> dict[str, Any]:
     """The data description every site shares (classes, channels, ...), or an error
     naming the sites that differ."""
-    keys = ("name", "class_names", "regions", "in_channels", "whole_images")
+    keys = DATA_KEYS
     first_name, first = next(iter(sorted(described.items())))
     for name, d in described.items():
         for key in keys:

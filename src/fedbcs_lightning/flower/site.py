@@ -71,7 +71,7 @@ class Site:
                 return encode_reply(self.describe(config))
             client = self.client(config)
             server_round = int(header["round"])
-            run_dir = self.state_dir / str(header["run-key"]) / _safe(self.name)
+            run_dir = self.state_dir / run_key(header.get("run-key")) / _safe(self.name)
             if kind == "evaluate":
                 self.restore(client, run_dir, before=server_round + 1)
                 metrics = client.evaluate(instruction, header["split"], header["surface"])
@@ -167,6 +167,21 @@ class Site:
         for r, path in states.items():
             if r < floor:
                 path.unlink(missing_ok=True)
+
+
+_RUN_KEY = re.compile(r"[0-9a-f]{32}")
+
+
+def run_key(value: Any) -> str:
+    """The run key the server sent, checked: it names a folder under the site's state
+    folder, so anything but the 32 hex digits a server draws is refused (a site never
+    takes a path from the server)."""
+    if not isinstance(value, str) or not _RUN_KEY.fullmatch(value):
+        raise ConfigError(
+            f"the server sent run key {str(value)[:80]!r}, not 32 hex digits; refused (it "
+            "would name a folder outside this site's --state-dir)"
+        )
+    return value
 
 
 def _safe(name: str) -> str:

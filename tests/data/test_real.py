@@ -49,6 +49,26 @@ def test_fundus_dofe_labels_published_test_split_and_resize(tmp_path):
     assert splits["test"] == site.fixed_test == [3] and len(splits["val"]) == 1
 
 
+@pytest.mark.parametrize("held", [(1, 3), (3,), (2, 4), (1, 2, 3, 4)])
+def test_each_fundus_site_is_named_for_its_source_whatever_subset_is_held(tmp_path, held):
+    """Domain k of the DoFE release is the same hospital whichever domains a user holds."""
+    for k in held:
+        _dofe(tmp_path / "all", domains=4)
+        (tmp_path / "held").mkdir(exist_ok=True)
+        (tmp_path / "all" / f"Domain{k}").rename(tmp_path / "held" / f"Domain{k}")
+    names = ["Drishti-GS", "RIM-ONE-r3", "REFUGE-train", "REFUGE-val"]
+    data = load_dataset(_cfg("fundus", tmp_path / "held"))
+    assert [s.name for s in data.sites] == [names[k - 1] for k in held]
+
+
+def test_the_real_dofe_domains_1_and_3_are_drishti_gs_and_refuge(shared_datasets):
+    data = load_dataset(_cfg("fundus", shared_datasets / "fundus"))
+    assert [(s.name, len(s), len(s.fixed_test)) for s in data.sites] == [
+        ("Drishti-GS", 71, 21),
+        ("REFUGE-train", 150, 30),
+    ]
+
+
 def test_fundus_feddg_npy(tmp_path):
     for k in (1, 2):
         folder = tmp_path / f"client{k}" / "data_npy"

@@ -181,17 +181,26 @@ FUNDUS_REGIONS = {"disc": [1, 2], "cup": [2]}
 FUNDUS_SITES = ["Drishti-GS", "RIM-ONE-r3", "REFUGE-train", "REFUGE-val"]
 
 
+def fundus_site_name(folder: Path) -> str:
+    """The source of a fundus folder, by its number (``Domain3``, ``client3``, ``Site3``:
+    REFUGE-train; the four releases number the same sources 1 to 4), whichever of them a
+    user holds; a folder without such a number keeps its own name."""
+    found = re.search(r"(\d+)$", folder.name)
+    number = int(found.group(1)) if found else 0
+    return FUNDUS_SITES[number - 1] if 1 <= number <= len(FUNDUS_SITES) else folder.name
+
+
 def _fundus_dofe(root: Path, config) -> list[Site]:
     domains = sorted(p for p in root.iterdir() if re.fullmatch(r"Domain\d+", p.name))
     sites = []
-    for k, domain in enumerate(domains):
+    for domain in domains:
         pairs, test = _train_test_pairs(domain, config, sub="ROIs")
 
         def load(image_path, mask_path):
             mask = map_labels(read_mask(mask_path), {255: 0, 128: 1, 0: 2}, mask_path)
             return read_image(image_path)[..., :3], mask
 
-        name = FUNDUS_SITES[k] if len(domains) <= 4 and k < 4 else domain.name
+        name = fundus_site_name(domain)
         sites.append(site_from_pairs(name, pairs, load, config.data.image_size, test))
     return sites
 
@@ -199,7 +208,7 @@ def _fundus_dofe(root: Path, config) -> list[Site]:
 def _fundus_feddg(root: Path, config) -> list[Site]:
     clients = sorted(p for p in root.iterdir() if re.fullmatch(r"client\d+", p.name))
     sites = []
-    for k, client in enumerate(clients):
+    for client in clients:
         files = sorted((client / "data_npy").glob("*.npy"))
 
         def load(path, _):
@@ -220,7 +229,7 @@ def _fundus_feddg(root: Path, config) -> list[Site]:
             label[cup] = 2
             return np.clip(np.round(rgb), 0, 255).astype(np.uint8), label
 
-        name = FUNDUS_SITES[k] if k < 4 else client.name
+        name = fundus_site_name(client)
         sites.append(site_from_pairs(name, [(f, f) for f in files], load, config.data.image_size))
     return sites
 
@@ -228,7 +237,7 @@ def _fundus_feddg(root: Path, config) -> list[Site]:
 def _fundus_fedlc(root: Path, config) -> list[Site]:
     folders = sorted(p for p in root.iterdir() if re.fullmatch(r"Site\d+", p.name))
     sites = []
-    for k, folder in enumerate(folders):
+    for folder in folders:
         pairs, test = _train_test_pairs(folder, config, suffixes=(".npy",))
 
         def load(image_path, mask_path):
@@ -240,7 +249,7 @@ def _fundus_fedlc(root: Path, config) -> list[Site]:
             mask = map_labels(read_npy(mask_path).astype(np.int64), {0: 0, 1: 1, 2: 2}, mask_path)
             return np.clip(np.round(image), 0, 255).astype(np.uint8), mask
 
-        name = FUNDUS_SITES[k] if k < 4 else folder.name
+        name = fundus_site_name(folder)
         sites.append(site_from_pairs(name, pairs, load, config.data.image_size, test))
     return sites
 

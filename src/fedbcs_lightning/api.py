@@ -325,6 +325,8 @@ def format_summary(result: FitResult, regions: list[str]) -> str:
     ):
         rows = {**per_site, "mean": mean_over_sites(per_site)}
         keys = [f"dice/{r}" for r in regions] + ["dice", "hd95", "assd"]
+        if any("vcdr_error" in m for m in per_site.values()):
+            keys.append("vcdr_error")  # fundus: vertical cup-to-disc ratio error
         headers = ["site"] + [k.replace("dice/", "dice ") for k in keys]
         widths = [max(8, *(len(n) for n in rows))] + [max(9, len(h)) for h in headers[1:]]
         lines.append(title)

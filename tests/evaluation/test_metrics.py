@@ -171,3 +171,34 @@ def test_eval_every_validates_every_nth_and_the_last_round(tmp_path, tiny_config
     assert sorted({r["round"] for r in rows if r["split"] == "val"}) == [2, 3]
     printed = [line for line in lines.getvalue().splitlines() if line.startswith("round ")]
     assert "(not validated)" in printed[0] and "val dice" in printed[1]
+
+
+def test_vertical_cup_to_disc_ratio_error_is_reported_for_disc_and_cup_regions():
+    import torch
+
+    from fedbcs_lightning.evaluation.metrics import evaluate, vertical_cdr
+
+    truth = torch.zeros(2, 20, 20, dtype=torch.long)
+    truth[:, 2:18, 4:16] = 1  # disc: 16 rows
+    truth[:, 6:14, 7:13] = 2  # cup: 8 rows, vCDR 0.5
+    predicted = truth.clone()
+    predicted[1, 4:16, 7:13] = 2  # the second image's cup is 12 rows: vCDR 0.75
+    assert vertical_cdr(truth, [1, 2], [2]).tolist() == [0.5, 0.5]
+    assert vertical_cdr(predicted, [1, 2], [2]).tolist() == [0.5, 0.75]
+    empty = torch.zeros(1, 20, 20, dtype=torch.long)
+    assert vertical_cdr(empty, [1, 2], [2]).tolist() == [0.0]  # no disc found: ratio 0
+
+    class Fixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return torch.nn.functional.one_hot(predicted, 3).permute(0, 3, 1, 2).float()
+
+    regions = {"disc": [1, 2], "cup": [2]}
+    batch = [(torch.zeros(2, 3, 20, 20), truth)]
+    scores = evaluate(Fixed(), batch, regions, surface_metrics=True)
+    assert scores["vcdr_error"] == pytest.approx(0.125)  # mean of 0 and 0.25
+    assert "vcdr_error" not in evaluate(Fixed(), batch, regions)  # validation: Dice only
+    assert "vcdr_error" not in evaluate(Fixed(), batch, {"cup": [2]}, surface_metrics=True)

@@ -67,17 +67,21 @@ class Deployment:
         )
         return self.server
 
-    def join(self, site: str, *args: str, insecure: bool | None = None) -> subprocess.Popen:
+    def join(
+        self, site: str, *args: str, insecure: bool | None = None, log: str | None = None
+    ) -> subprocess.Popen:
+        """Start a site; ``log`` names its log and state (default: the site's name)."""
         plain = self.tls is None if insecure is None else insecure
         security = ["--insecure"] if plain else ["--ca", str(self.tls["ca"])]
+        own = log or site
         command = [FEDBCS, "join", "--server", f"127.0.0.1:{self.port}", "--site", site,
-                   "--state-dir", str(self.root / site), "--port", str(free_port()),
+                   "--state-dir", str(self.root / own), "--port", str(free_port()),
                    *security, *args]  # fmt: skip
-        log = (self.root / f"{site}.log").open("ab")
+        output = (self.root / f"{own}.log").open("ab")
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            command, stdout=output, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
         )
-        self.sites[site] = process
+        self.sites[own] = process
         return process
 
     def kill(self, site: str) -> None:

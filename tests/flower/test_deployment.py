@@ -87,14 +87,19 @@ def test_fedavg_on_flower_equals_in_process_and_evaluates(tmp_path):
 
 
 def test_fedbcs_over_tls_with_site_authentication(tmp_path):
-    creds = make_credentials(tmp_path / "creds", [*SITES, "stranger"])
+    creds = make_credentials(tmp_path / "creds", [*SITES, "site4", "stranger"])
     run = tmp_path / "run"
     deployment = Deployment(tmp_path, tls=creds)
     keys = [arg for site in SITES for arg in ("--site-key", str(creds[f"{site}.pub"]))]
+    keys += ["--site-key", f"site4={creds['site4.pub']}"]  # a site that is not in the data
     try:
         options = ["--method", "fedbcs", "--rounds", "2", *THREE, "--set", "run.eval_every=2"]
         options += ["--set", "fedbcs.cdpa=true"]  # prototypes travel too
         deployment.serve(*options, "--sites", "3", "--output", str(run), *keys)
+        # site4's key, used by a node that says it is site1: the key admits site4 only.
+        deployment.join("site1", "--key", str(creds["site4"]), log="impostor")
+        deployment.wait_for(lambda: "signs with the key of site 'site4'" in deployment.log(),
+                            300, "the impostor's refusal")  # fmt: skip
         for site in SITES:
             deployment.join(site, "--key", str(creds[site]))
         # A site whose key the server does not know is refused.

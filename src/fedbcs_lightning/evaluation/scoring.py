@@ -56,10 +56,13 @@ class Evaluation:
 
     @property
     def metrics(self) -> list[str]:
-        """Column order: per region then overall, for Dice, HD95 and ASSD."""
+        """Column order: per region then overall, for Dice, HD95 and ASSD; then the
+        vertical cup-to-disc ratio error where the sites have it (fundus)."""
         keys = []
         for metric in ("dice", *SURFACE_METRICS):
             keys += [f"{metric}/{r}" for r in self.regions] + [metric]
+        if any("vcdr_error" in scores for scores in self.sites.values()):
+            keys.append("vcdr_error")
         return keys
 
     def rows(self) -> dict[str, dict[str, float]]:

@@ -187,7 +187,9 @@ def _overview(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
 
 def _column_title(key: str) -> str:
     name, _, region = key.partition("/")
-    name = {"dice": "Dice", "hd95": "HD95", "assd": "ASSD"}.get(name, name)
+    name = {"dice": "Dice", "hd95": "HD95", "assd": "ASSD", "vcdr_error": "vCDR error"}.get(
+        name, name
+    )
     return f"{name} {region}".strip()
 
 

@@ -223,8 +223,8 @@ def evaluate(
     (each the mean over the regions where it is defined), and, for data sets with
     ``disc`` and ``cup`` regions (fundus), ``vcdr_error``: the mean over images of the
     absolute error of the vertical cup-to-disc ratio (:func:`vertical_cdr`). With
-    ``window``, whole images of any size are scored, each in one padded pass or with sliding windows of that size
-    (:func:`predict_logits` says which). With ``cases`` (the case of each image, in the
+    ``window``, whole images of any size are scored, each in one padded pass or with
+    sliding windows of that size (:func:`predict_logits` says which). With ``cases`` (the case of each image, in the
     order the batches hold them) Dice is that of each case over all its images' pixels,
     averaged over cases; surface metrics stay per image.
 

@@ -219,12 +219,12 @@ def evaluate(
     """Score ``model`` on ``(image, mask)`` batches.
 
     Returns ``dice/<region>`` per region, ``dice`` (their mean) and, with
-    ``surface_metrics``, ``hd95/<region>``, ``hd95``, ``assd/<region>`` and ``assd``
-    (each the mean over the regions where it is defined), and, for data sets with
-    ``disc`` and ``cup`` regions (fundus), ``vcdr_error``: the mean over images of the
-    absolute error of the vertical cup-to-disc ratio (:func:`vertical_cdr`). With
-    ``window``, whole images of any size are scored, each in one padded pass or with
-    sliding windows of that size (:func:`predict_logits` says which). With ``cases`` (the case of each image, in the
+    ``surface_metrics``, ``hd95/<region>``, ``hd95``, ``assd/<region>`` and ``assd`` (each
+    the mean over the regions where it is defined), and, for data sets with ``disc`` and
+    ``cup`` regions (fundus), ``vcdr_error``: the mean over images of the absolute error of
+    the vertical cup-to-disc ratio (:func:`vertical_cdr`). With ``window``, whole images of
+    any size are scored, each in one padded pass or with sliding windows of that size
+    (:func:`predict_logits` says which). With ``cases`` (the case of each image, in the
     order the batches hold them) Dice is that of each case over all its images' pixels,
     averaged over cases; surface metrics stay per image.
 

@@ -87,6 +87,7 @@ def run_once(spec: str, seed: int, fold: int | None, args) -> dict:
         "last": {s: m["dice"] for s, m in result.test_last.items()},
         "test_images": {s: len(parts["test"]) for s, parts in splits.items()},
         "unseen": unseen,
+        "metrics": {"selected": result.test_selected, "last": result.test_last},
         "best_round": result.best_round,
         "val_curve": [
             r.get("val", {}).get("mean", {}).get("dice", math.nan) for r in result.history
@@ -116,6 +117,8 @@ def run_method(method: str, seed: int, args) -> dict:
         statistics.mean(values) for values in zip(*(r["val_curve"] for r in runs), strict=True)
     ]
     out["seconds"] = sum(r["seconds"] for r in runs)
+    if not args.folds:  # every test metric of each site (regions, HD95, ASSD, vCDR error)
+        out["metrics"] = runs[0]["metrics"]
     return out
 
 
@@ -184,11 +187,48 @@ def curves(results: dict[str, list[dict]]) -> str:
     return markdown_table(["validation Dice", *(f"r{k}" for k in range(1, rounds + 1))], rows)
 
 
+def regions_table(results: dict[str, list[dict]], kind: str = "selected") -> str:
+    """Per region, and the vertical cup-to-disc ratio error where the data set has one:
+    the mean over sites, mean ± std over seeds, and for vCDR the paired difference to
+    FedAvg (negative: smaller error)."""
+    runs = next(iter(results.values()))
+    if not all("metrics" in r for rs in results.values() for r in rs):
+        return ""
+    first = next(iter(runs[0]["metrics"][kind].values()))
+    keys = [k for k in first if k.startswith("dice/")]
+    cdr = "vcdr_error" in first
+    keys += ["vcdr_error"] if cdr else []
+
+    def site_mean(run: dict, key: str) -> float:
+        values = [m.get(key, math.nan) for m in run["metrics"][kind].values()]
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        return statistics.mean(finite) if finite else math.nan
+
+    base = results.get("fedavg")
+    rows = []
+    for method, method_runs in results.items():
+        cells = [mean_std([site_mean(r, k) for r in method_runs]) for k in keys]
+        if cdr and base is not None:
+            diffs = [
+                site_mean(r, "vcdr_error") - site_mean(b, "vcdr_error")
+                for r, b in zip(method_runs, base, strict=True)
+            ]
+            low, high = bootstrap_interval(diffs)
+            cells.append(f"{statistics.mean(diffs):+.4f} [{low:+.4f}, {high:+.4f}]")
+        rows.append([method, *cells])
+    headers = ["method", *(k.replace("dice/", "Dice ") for k in keys)]
+    headers += ["vCDR error vs fedavg"] if cdr and base is not None else []
+    return (
+        f"test metrics of the model selected on validation, mean over sites (mean ± std over "
+        f"seeds)\n\n{markdown_table(headers, rows)}\n\n"
+    )
+
+
 def report(header: str, results: dict[str, list[dict]]) -> str:
     """The markdown the script prints and writes: header, table, orderings, curves."""
     pairs = f"{paired(results)}\n\n" if "fedavg" in results and len(results) > 1 else ""
     return (
-        f"{header}\n\n{table(results)}\n\n{pairs}"
+        f"{header}\n\n{table(results)}\n\n{pairs}{regions_table(results)}"
         f"ordering (selected on validation): {ordering(results)}\n\n"
         f"ordering (last round): {ordering(results, 'last')}\n\n"
         f"ordering on validation (highest mean validation Dice over the rounds, mean over "

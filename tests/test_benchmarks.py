@@ -277,3 +277,24 @@ def test_privacy_refuses_a_bad_option_before_any_training(tmp_path):
     with pytest.raises(AssertionError, match=r"fedbcs:fedbcs\.nope=1: unknown config key"):
         _script("privacy.py", "--methods", "fedavg", "fedbcs:fedbcs.nope=1", "--out", str(tmp_path))
     assert not list(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+def test_regions_and_vcdr_error_table_with_the_paired_difference(compare):
+    def run(cup, vcdr):
+        metrics = {"dice/disc": 0.9, "dice/cup": cup, "dice": (0.9 + cup) / 2, "vcdr_error": vcdr}
+        return {**_run(0.5, 0.5, 0.5), "metrics": {"selected": {"s1": metrics, "s2": metrics}}}
+
+    results = {
+        "fedavg": [run(0.6, 0.10), run(0.6, 0.12)],
+        "fedbcs": [run(0.7, 0.06), run(0.7, 0.08)],
+    }
+    text = compare.regions_table(results)
+    assert "| method | Dice disc | Dice cup | vcdr_error | vCDR error vs fedavg |" in text
+    assert "-0.0400 [-0.0400, -0.0400]" in text
+    assert compare.regions_table({"fedavg": [_run(0.5, 0.5, 0.5)]}) == ""  # older results
+
+
+def test_update_norms_quick_reports_the_largest_honest_ratio():
+    result = _quick("update_norms.py")
+    assert {r["method"] for r in result["runs"]} == {"fedavg", "fedbcs"}
+    assert 0 < result["largest"] < 10

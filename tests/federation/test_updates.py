@@ -239,3 +239,15 @@ def test_a_diverging_client_is_rejected_with_round_client_and_step():
         clients[2].fit(instruction)
     after = clients[2].get_weights()
     assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_the_default_bound_refuses_a_scaled_update_and_passes_honest_ones():
+    """``server.max_update_norm`` is on by default (the bound measured by
+    benchmarks/update_norms.py): an update scaled by 1e30 is refused without any option,
+    while honest training of every federation in the tests stays far below it."""
+    bound = resolve().server.max_update_norm
+    assert bound > 0
+    scaled = update(**{"conv.weight": TEMPLATE["conv.weight"] * 1e30})
+    assert "update too large" in reason(scaled, max_update_norm=bound)
+    nudged = update(**{"conv.weight": TEMPLATE["conv.weight"] * 1.5})  # a 50% change
+    UpdateValidator(TEMPLATE, bound).check(nudged, TEMPLATE, FedAvg())

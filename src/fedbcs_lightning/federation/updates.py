@@ -96,8 +96,9 @@ class UpdateValidator:
             strategy.check_payload(update)
         except ValueError as err:
             reject(f"bad payload: {err}")
-        if self.max_update_norm > 0:
-            ratio = relative_change(weights, sent)
+        if self.max_update_norm > 0:  # local tensors are never averaged: not bounded
+            shared = {k: v for k, v in sent.items() if not strategy.is_local(k)}
+            ratio = relative_change(weights, shared)
             if ratio > self.max_update_norm:
                 reject(
                     f"update too large: ||update - global|| is {ratio:.3g} x ||global||, above "

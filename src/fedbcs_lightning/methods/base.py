@@ -166,6 +166,12 @@ class Strategy:
         """Add the method's layers to a freshly built backbone (e.g. FSR, fusion heads)."""
         return backbone
 
+    def is_local(self, key: str) -> bool:
+        """Whether tensor ``key`` stays with each site (never averaged: FedBN's BatchNorm,
+        HarmoFL's amplitude spectrum). The server's update-size bound
+        (``server.max_update_norm``) measures the shared tensors only. None by default."""
+        return False
+
     def check_payload(self, update: ClientUpdate) -> None:
         """Raise ``ValueError`` saying what is wrong if ``update.payload`` (what the method
         uploads beside the weights, e.g. prototypes) is malformed. The server calls it on

@@ -29,7 +29,7 @@ def _flower_or_fail() -> None:
 
 
 def _tls(ca: Path | None, cert: Path | None, key: Path | None, insecure: bool, server: bool):
-    from fedbcs_lightning.flower.deploy import Tls
+    from fedbcs_lightning.flower.credentials import Tls
 
     files = {"--ca": ca, "--cert": cert, "--key": key} if server else {"--ca": ca}
     given = {name: path for name, path in files.items() if path is not None}
@@ -107,13 +107,13 @@ def serve(
     if site_key and tls is None:
         fail("--site-key (site authentication) needs TLS: give --ca, --cert and --key")
     import_or_fail(imports)
-    from fedbcs_lightning.flower.deploy import (
+    from fedbcs_lightning.flower.credentials import (
         DeployError,
-        Server,
         SiteKey,
         check_server_files,
         check_site_keys,
     )
+    from fedbcs_lightning.flower.deploy import Server
 
     home = home.resolve()
     if resume is not None:
@@ -210,7 +210,7 @@ def join(
     import_or_fail(imports)
     if data_root is not None and not data_root.is_dir():
         fail(f"--data-root {data_root}: no such folder")
-    from fedbcs_lightning.flower.deploy import (
+    from fedbcs_lightning.flower.credentials import (
         DeployError,
         check_certificates,
         check_site_key,

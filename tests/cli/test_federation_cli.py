@@ -113,7 +113,7 @@ def _server(context=None):
 def test_a_site_says_when_its_tls_setting_does_not_fit_the_servers(credentials, tmp_path):
     import ssl
 
-    from fedbcs_lightning.flower.deploy import DeployError, probe_server
+    from fedbcs_lightning.flower.credentials import DeployError, probe_server
     from tests.flower.deployment import make_credentials
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

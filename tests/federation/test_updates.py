@@ -251,3 +251,15 @@ def test_the_default_bound_refuses_a_scaled_update_and_passes_honest_ones():
     assert "update too large" in reason(scaled, max_update_norm=bound)
     nudged = update(**{"conv.weight": TEMPLATE["conv.weight"] * 1.5})  # a 50% change
     UpdateValidator(TEMPLATE, bound).check(nudged, TEMPLATE, FedAvg())
+
+
+def test_the_bound_leaves_out_tensors_that_stay_at_their_site():
+    class BiasStaysLocal(FedAvg):
+        def is_local(self, key):
+            return key == "conv.bias"
+
+    validator = UpdateValidator(TEMPLATE, max_update_norm=1.0)
+    local_jump = update(**{"conv.bias": torch.full((2,), 1e6)})  # e.g. HarmoFL's amplitudes
+    validator.check(local_jump, TEMPLATE, BiasStaysLocal())
+    with pytest.raises(RejectedUpdate, match="update too large"):
+        validator.check(local_jump, TEMPLATE, FedAvg())

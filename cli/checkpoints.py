@@ -52,9 +52,18 @@ def evaluate(
     out: Annotated[
         Path | None, typer.Option(help="Also write the scores to FILE.csv or FILE.json.")
     ] = None,
+    largest_component: Annotated[
+        bool | None,
+        typer.Option(
+            "--largest-component/--all-components",
+            help="Keep only each predicted region's largest connected component (default: "
+            "the run's data.largest_component).",
+        ),
+    ] = None,
     imports: Annotated[list[str] | None, IMPORTS] = None,
 ) -> None:
-    """Score a checkpoint per site and region: Dice, HD95 and ASSD (pixels)."""
+    """Score a checkpoint per site and region: Dice, HD95 and ASSD (pixels), and the
+    vertical cup-to-disc ratio error for fundus."""
     import_or_fail(imports)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     from fedbcs_lightning.data import SPLITS
@@ -66,7 +75,9 @@ def evaluate(
     from fedbcs_lightning.evaluation.scoring import evaluate_checkpoint
 
     try:
-        result = evaluate_checkpoint(checkpoint, split, site, dataset, data_root, cache)
+        result = evaluate_checkpoint(
+            checkpoint, split, site, dataset, data_root, cache, largest_component
+        )
     except (ValueError, FileNotFoundError) as err:
         fail(str(err), code=1)
     typer.echo(f"{checkpoint} (round {result.round}), {split} split: {result.splits_source}")

@@ -202,3 +202,31 @@ def test_vertical_cup_to_disc_ratio_error_is_reported_for_disc_and_cup_regions()
     assert scores["vcdr_error"] == pytest.approx(0.125)  # mean of 0 and 0.25
     assert "vcdr_error" not in evaluate(Fixed(), batch, regions)  # validation: Dice only
     assert "vcdr_error" not in evaluate(Fixed(), batch, {"cup": [2]}, surface_metrics=True)
+
+
+def test_largest_component_post_processing_removes_stray_disc_and_cup_blobs():
+    import torch
+
+    from fedbcs_lightning.evaluation.metrics import evaluate
+
+    truth = torch.zeros(1, 24, 24, dtype=torch.long)
+    truth[0, 4:16, 4:16] = 1
+    truth[0, 7:13, 7:13] = 2
+    predicted = truth.clone()
+    predicted[0, 20:23, 20:23] = 2  # a stray cup far outside the disc
+    predicted[0, 4:6, 14:16] = 2  # a stray cup inside the disc's rim
+
+    class Fixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return torch.nn.functional.one_hot(predicted, 3).permute(0, 3, 1, 2).float()
+
+    regions = {"disc": [1, 2], "cup": [2]}
+    batch = [(torch.zeros(1, 3, 24, 24), truth)]
+    raw = evaluate(Fixed(), batch, regions, surface_metrics=True)
+    kept = evaluate(Fixed(), batch, regions, surface_metrics=True, largest_component=True)
+    assert raw["dice/cup"] < 1 and raw["vcdr_error"] > 0
+    assert kept["dice/disc"] == 1.0 and kept["dice/cup"] == 1.0 and kept["vcdr_error"] == 0.0

@@ -52,6 +52,7 @@ class DataConfig:
     train_foreground_only: bool | None = None  # None: the data set's default
     case_dice: bool | None = None  # Dice per case over its slices (3-D); None: data set's default
     eval_foreground_only: bool = False  # score only images with foreground (the reference's)
+    largest_component: bool = False  # keep each predicted region's largest component (fundus)
     eval_batch_size: int = 0  # images per evaluation batch; 0: 1 for whole images, else batch
     volume_clip: list[float] = field(default_factory=lambda: [0.5, 99.5])  # volumes: percentiles
     edge_slices: bool = True  # volumes: keep the first and last slice (the reference drops them)

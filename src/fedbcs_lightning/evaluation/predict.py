@@ -23,7 +23,11 @@ import torch
 from fedbcs_lightning.data import DataError, SegmentationDataset, Site
 from fedbcs_lightning.data.readers import IMAGE_SUFFIXES, read_image, resize_pair
 from fedbcs_lightning.evaluation.checkpoints import ModelInfo
-from fedbcs_lightning.evaluation.metrics import WHOLE_IMAGE_PIXELS, predict_logits
+from fedbcs_lightning.evaluation.metrics import (
+    WHOLE_IMAGE_PIXELS,
+    keep_largest_components,
+    predict_logits,
+)
 from fedbcs_lightning.io import atomic_write
 
 
@@ -112,8 +116,10 @@ def predict_file(
 
     image = match_channels(read_image(path), info.in_channels, path)
     pixels = info.config.run.whole_image_pixels
-    mask = predict_masks(model, to_model_input(image, info), info.window, pixels)[0]
-    mask = mask.numpy().astype(np.uint8)
+    mask = predict_masks(model, to_model_input(image, info), info.window, pixels)
+    if info.config.data.largest_component:
+        mask = keep_largest_components(mask, info.data["regions"])
+    mask = mask[0].numpy().astype(np.uint8)
     h, w = image.shape[:2]
     if mask.shape != (h, w):
         mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)

@@ -182,6 +182,7 @@ def evaluate_checkpoint(
     dataset: str | None = None,
     data_root: str | None = None,
     cache: str | None = None,
+    largest_component: bool | None = None,
 ) -> Evaluation:
     """Score a checkpoint with :func:`fedbcs_lightning.evaluation.metrics.evaluate`
     (Dice, HD95, ASSD) on one split of each site (or of ``site``); ``split="all"`` scores
@@ -195,7 +196,8 @@ def evaluate_checkpoint(
     per-site tensors (``local``, ``fedbn``, ``harmofl``) scores each site with its own
     model, and a site that no training used with the mean of the sites' local tensors
     (:data:`~fedbcs_lightning.evaluation.checkpoints.NEW_SITE`; ``local`` has no model
-    for it: an error says so).
+    for it: an error says so). ``largest_component`` overrides the run's
+    ``data.largest_component`` (each predicted region reduced to its largest component).
     """
     if split not in (*SPLITS, "all"):
         raise ValueError(f"unknown split {split!r}; choose {', '.join(SPLITS)} or all")
@@ -203,6 +205,8 @@ def evaluate_checkpoint(
     checkpoint = load_checkpoint(checkpoint_path)
     info = read_info(checkpoint_path, checkpoint)
     config = evaluation_config(info.config, dataset, data_root, cache)
+    if largest_component is not None:
+        config = merge(config, {"data": {"largest_component": largest_component}})
     if split == "all":  # every site of the data set, those training left out included
         config = merge(config, {"data": {"leave_out": []}, "train": {"clients": None}})
     data = load_dataset(config)
@@ -251,5 +255,6 @@ def evaluate_checkpoint(
             window=window,
             whole_image_pixels=config.run.whole_image_pixels,
             cases=dataset.cases,
+            largest_component=config.data.largest_component,
         )
     return result

@@ -106,6 +106,7 @@ def build_clients(
             config.run.accelerator,
             window=config.data.image_size if data.whole_images else None,
             whole_image_pixels=config.run.whole_image_pixels,
+            largest_component=config.data.largest_component,
             seed=config.run.seed,
             precision=config.run.precision,
         )

@@ -193,6 +193,7 @@ class FederatedClient:
         accelerator: str = "cpu",
         window: int | None = None,
         whole_image_pixels: int = WHOLE_IMAGE_PIXELS,
+        largest_component: bool = False,
         seed: int = 0,
         precision: str = "32",
     ) -> None:
@@ -205,6 +206,7 @@ class FederatedClient:
         self.accelerator = accelerator
         self.window = window
         self.whole_image_pixels = whole_image_pixels
+        self.largest_component = largest_component
         self.seed = seed
         self.precision = precision
         self._trainer: L.Trainer | None = None
@@ -326,6 +328,7 @@ class FederatedClient:
                 window=self.window,
                 whole_image_pixels=self.whole_image_pixels,
                 cases=getattr(self.loaders[split].dataset, "cases", None),
+                largest_component=self.largest_component,
             )
         finally:
             if device.type != "cpu":

@@ -106,7 +106,7 @@ def predict(
         names = list(info.data["class_names"])
         for path in files:
             image, mask = predict_file(model, info, path)
-            written = save_prediction(out, path.stem, image, mask, names)
+            written = save_prediction(out, path.stem, image, mask, names, info.data["regions"])
             shares = foreground_shares(mask, names)
             found = ", ".join(f"{name} {share:.1%}" for name, share in shares.items() if share)
             typer.echo(

@@ -63,3 +63,23 @@ def test_missing_values_print_as_a_dash():
     result.sites["a"] = {"dice/disc": 1.0, "dice": 1.0, "hd95/disc": math.nan, "hd95": math.nan}
     table = result.table()
     assert "–" in table and "nan" not in table
+
+
+def test_fundus_overlays_draw_disc_and_cup_contours_not_filled_areas():
+    import numpy as np
+
+    from fedbcs_lightning.reporting.visualize import PALETTE, overlay, to_rgb
+
+    mask = np.zeros((40, 40), np.int64)
+    mask[5:35, 5:35] = 1  # rim
+    mask[15:25, 15:25] = 2  # cup inside the disc
+    image = np.random.default_rng(0).integers(0, 255, (40, 40, 3)).astype(np.uint8)
+    plain = to_rgb(image)
+    regions = {"disc": [1, 2], "cup": [2]}
+    picture = overlay(image, mask, regions=regions)
+    assert picture[20, 20].tolist() == plain[20, 20].tolist()  # inside the cup: the image
+    assert picture[10, 10].tolist() == plain[10, 10].tolist()  # on the rim: the image
+    assert picture[5, 20].tolist() == PALETTE[2].tolist()  # the disc's outer contour
+    assert picture[15, 20].tolist() == PALETTE[2].tolist()  # the cup's contour
+    painted = overlay(image, mask, regions={"nucleus": [1]})  # not nested: painted areas
+    assert painted[10, 10].tolist() != plain[10, 10].tolist()

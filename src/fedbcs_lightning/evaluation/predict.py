@@ -138,15 +138,17 @@ def save_prediction(
     image: np.ndarray,
     mask: np.ndarray,
     class_names: list[str] | None = None,
+    regions: dict[str, list[int]] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``<stem>_mask.png`` (class indices, uint8, the image's size) and
     ``<stem>_overlay.png`` (the image with the classes painted on and, given
-    ``class_names``, a legend band below)."""
+    ``class_names``, a legend band below; with nested ``regions``, fundus disc and cup,
+    their contours instead)."""
     from fedbcs_lightning.reporting.visualize import overlay, with_legend
 
     out_dir = Path(out_dir)
     mask_path = _write_png(out_dir / f"{stem}_mask.png", mask)
-    picture = overlay(image, mask)
+    picture = overlay(image, mask, regions=regions)
     if class_names:
         picture = with_legend(picture, class_names)
     overlay_path = _write_png(out_dir / f"{stem}_overlay.png", picture)

@@ -39,6 +39,7 @@ class Sample:
     image: np.ndarray  # (C, H, W) float
     truth: np.ndarray  # (H, W) class indices
     prediction: np.ndarray  # (H, W) class indices
+    regions: dict[str, list[int]] | None = None  # nested regions are drawn as contours
 
 
 def predict_samples(client: Any, count: int) -> list[Sample]:
@@ -65,7 +66,9 @@ def predict_samples(client: Any, count: int) -> list[Sample]:
                     model, image[None].to(device), client.window, client.whole_image_pixels
                 )
                 prediction = logits.argmax(1)[0].cpu().numpy()
-                samples.append(Sample(client.name, i, image.numpy(), mask.numpy(), prediction))
+                samples.append(
+                    Sample(client.name, i, image.numpy(), mask.numpy(), prediction, client.regions)
+                )
     finally:
         model.train(was_training)
     return samples
@@ -76,7 +79,12 @@ def overlay_strip(samples: list[Sample]) -> np.ndarray:
     (rows padded to the widest image)."""
     rows = [
         np.concatenate(
-            [to_rgb(s.image), overlay(s.image, s.truth), overlay(s.image, s.prediction)], axis=1
+            [
+                to_rgb(s.image),
+                overlay(s.image, s.truth, regions=s.regions),
+                overlay(s.image, s.prediction, regions=s.regions),
+            ],
+            axis=1,
         )
         for s in samples
     ]
@@ -191,8 +199,8 @@ def overlay_grid_figure(
             sample = samples[site][col]
             pictures = (
                 to_rgb(sample.image),
-                overlay(sample.image, sample.truth),
-                overlay(sample.image, sample.prediction),
+                overlay(sample.image, sample.truth, regions=sample.regions),
+                overlay(sample.image, sample.prediction, regions=sample.regions),
             )
             for ax, picture, name in zip(
                 cells, pictures, ("image", "truth", "prediction"), strict=True

@@ -79,7 +79,7 @@ def test_fundus_overlays_draw_disc_and_cup_contours_not_filled_areas():
     picture = overlay(image, mask, regions=regions)
     assert picture[20, 20].tolist() == plain[20, 20].tolist()  # inside the cup: the image
     assert picture[10, 10].tolist() == plain[10, 10].tolist()  # on the rim: the image
-    assert picture[5, 20].tolist() == PALETTE[2].tolist()  # the disc's outer contour
+    assert picture[5, 20].tolist() == PALETTE[1].tolist()  # the disc's outer contour
     assert picture[15, 20].tolist() == PALETTE[2].tolist()  # the cup's contour
     painted = overlay(image, mask, regions={"nucleus": [1]})  # not nested: painted areas
     assert painted[10, 10].tolist() != plain[10, 10].tolist()

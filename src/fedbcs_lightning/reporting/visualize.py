@@ -72,8 +72,8 @@ def overlay(
 ) -> np.ndarray:
     """``image`` with the classes of ``mask`` painted on at opacity ``alpha`` and their
     outlines in full colour, so that small regions read on any background (``uint8 RGB``).
-    With ``regions`` that nest (fundus: disc and cup), each region's contour only, in the
-    colour of its innermost class, as an ophthalmologist reads disc and cup on the image.
+    With ``regions`` that nest (fundus: disc and cup), each region's contour only, one
+    colour per region, as an ophthalmologist reads disc and cup on the image.
 
     >>> out = overlay(np.zeros((4, 4)), np.pad(np.ones((2, 2), int), 1))
     >>> out.shape, out[0, 0].tolist(), out[1, 1].tolist()
@@ -94,15 +94,15 @@ def overlay(
 
 
 def _contours(rgb: np.ndarray, mask: np.ndarray, regions: dict[str, list[int]]) -> np.ndarray:
-    """Each region's outline (about 1/128 of the image's size thick, at least one pixel)
-    in the colour of its highest class, enclosing regions first."""
+    """Each region's outline (about 1/128 of the image's size thick, at least one pixel),
+    the k-th region in the k-th class colour (fundus: the disc green, the cup azure)."""
     thickness = max(1, round(max(mask.shape) / 128))
-    for labels in sorted(regions.values(), key=len, reverse=True):
+    for k, labels in enumerate(regions.values(), start=1):
         inside = np.isin(mask, labels).astype(np.int64)
         edge = inside.astype(bool) & _boundary(inside)
         for _ in range(thickness - 1):
             edge = _grow(edge)
-        rgb[edge] = PALETTE[max(labels) % len(PALETTE)]
+        rgb[edge] = PALETTE[k % len(PALETTE)]
     return rgb.round().astype(np.uint8)
 
 

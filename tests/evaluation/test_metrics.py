@@ -173,6 +173,18 @@ def test_eval_every_validates_every_nth_and_the_last_round(tmp_path, tiny_config
     assert "(not validated)" in printed[0] and "val dice" in printed[1]
 
 
+class Fixed(torch.nn.Module):
+    """A model whose prediction is the label map ``predicted``, whatever the input."""
+
+    def __init__(self, predicted):
+        super().__init__()
+        self.predicted = predicted
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(self.predicted, 3).permute(0, 3, 1, 2).float()
+
+
 def test_vertical_cup_to_disc_ratio_error_is_reported_for_disc_and_cup_regions():
     import torch
 
@@ -188,20 +200,12 @@ def test_vertical_cup_to_disc_ratio_error_is_reported_for_disc_and_cup_regions()
     empty = torch.zeros(1, 20, 20, dtype=torch.long)
     assert vertical_cdr(empty, [1, 2], [2]).tolist() == [0.0]  # no disc found: ratio 0
 
-    class Fixed(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-
-        def forward(self, x):
-            return torch.nn.functional.one_hot(predicted, 3).permute(0, 3, 1, 2).float()
-
     regions = {"disc": [1, 2], "cup": [2]}
     batch = [(torch.zeros(2, 3, 20, 20), truth)]
-    scores = evaluate(Fixed(), batch, regions, surface_metrics=True)
+    scores = evaluate(Fixed(predicted), batch, regions, surface_metrics=True)
     assert scores["vcdr_error"] == pytest.approx(0.125)  # mean of 0 and 0.25
-    assert "vcdr_error" not in evaluate(Fixed(), batch, regions)  # validation: Dice only
-    assert "vcdr_error" not in evaluate(Fixed(), batch, {"cup": [2]}, surface_metrics=True)
+    assert "vcdr_error" not in evaluate(Fixed(predicted), batch, regions)  # validation: Dice only
+    assert "vcdr_error" not in evaluate(Fixed(predicted), batch, {"cup": [2]}, surface_metrics=True)
 
 
 def test_largest_component_post_processing_removes_stray_disc_and_cup_blobs():
@@ -216,17 +220,9 @@ def test_largest_component_post_processing_removes_stray_disc_and_cup_blobs():
     predicted[0, 20:23, 20:23] = 2  # a stray cup far outside the disc
     predicted[0, 4:6, 14:16] = 2  # a stray cup inside the disc's rim
 
-    class Fixed(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-
-        def forward(self, x):
-            return torch.nn.functional.one_hot(predicted, 3).permute(0, 3, 1, 2).float()
-
     regions = {"disc": [1, 2], "cup": [2]}
     batch = [(torch.zeros(1, 3, 24, 24), truth)]
-    raw = evaluate(Fixed(), batch, regions, surface_metrics=True)
-    kept = evaluate(Fixed(), batch, regions, surface_metrics=True, largest_component=True)
+    raw = evaluate(Fixed(predicted), batch, regions, surface_metrics=True)
+    kept = evaluate(Fixed(predicted), batch, regions, surface_metrics=True, largest_component=True)
     assert raw["dice/cup"] < 1 and raw["vcdr_error"] > 0
     assert kept["dice/disc"] == 1.0 and kept["dice/cup"] == 1.0 and kept["vcdr_error"] == 0.0

@@ -89,10 +89,10 @@ def _measure(
 ) -> None:
     import torch
 
-    from fedbcs_lightning.config import FedBCSConfig
     from fedbcs_lightning.data.synthetic import render_sites
     from fedbcs_lightning.methods.base import Instruction
     from fedbcs_lightning.methods.fedbcs.strategy import FedBCS
+    from fedbcs_lightning.methods.options import FedBCSOptions
     from fedbcs_lightning.methods.prototypes import PrototypeBank
     from fedbcs_lightning.models.losses import segmentation_loss
     from fedbcs_lightning.models.unet import UNet
@@ -105,7 +105,7 @@ def _measure(
     net = UNet(3, 3, width=width)
     hook = None
     if VARIANTS[variant] is not None:
-        opts = FedBCSConfig(**VARIANTS[variant])
+        opts = FedBCSOptions(**VARIANTS[variant])
         strategy = FedBCS(opts)
         net = strategy.configure_backbone(net)
         if variant == "fedbcs-cdpa-dense":

@@ -57,7 +57,10 @@ def fit(
     clients: Annotated[int | None, typer.Option(help="Use the first N sites as clients.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
-    image_size: Annotated[int | None, typer.Option(help="Image size (multiple of 16).")] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(help="Image size (a multiple of the backbone's input_divisor: 16 for unet)."),
+    ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Random seed (data, splits, init, order).")
     ] = None,
@@ -267,41 +270,62 @@ app.command()(serve)
 app.command()(join)
 
 
-def _listing(registry) -> None:
+def _listing(registry, imports: list[str] | None) -> None:
+    import_or_fail(imports)
     for name in registry.names():
         typer.echo(f"{name:<20} {registry.describe(name)}")
+        options = _option_names(registry, name)
+        if options:
+            typer.echo(f"{'':<20}   options: {options}")
+
+
+def _option_names(registry, name: str) -> str:
+    """The keys of an entry's own options (a method's section, a backbone's
+    ``model.options``); a plugin that cannot be loaded says why."""
+    import dataclasses
+
+    try:
+        options = registry.options(name)
+    except Exception as err:  # a broken plugin: listed with the reason, not a crash
+        return f"(cannot load: {type(err).__name__}: {err})"
+    if options is None:
+        return ""
+    section = "model.options" if registry is BACKBONES else name
+    return ", ".join(f"{section}.{f.name}" for f in dataclasses.fields(options))
 
 
 @app.command()
-def datasets() -> None:
+def datasets(imports: Annotated[list[str] | None, IMPORTS] = None) -> None:
     """List the data sets."""
-    _listing(DATASETS)
+    _listing(DATASETS, imports)
 
 
 @app.command()
-def methods() -> None:
-    """List the federated methods."""
-    _listing(METHODS)
+def methods(imports: Annotated[list[str] | None, IMPORTS] = None) -> None:
+    """List the federated methods and their options."""
+    _listing(METHODS, imports)
 
 
 @app.command()
-def backbones() -> None:
-    """List the segmentation backbones."""
-    _listing(BACKBONES)
+def backbones(imports: Annotated[list[str] | None, IMPORTS] = None) -> None:
+    """List the segmentation backbones and their options."""
+    _listing(BACKBONES, imports)
 
 
 @app.command("config")
 def show_config(
     config: Annotated[str | None, typer.Option("--config", help="YAML file or preset.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Data set name.")] = None,
+    method: Annotated[str | None, typer.Option(help="Method (its options are shown).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="section.key=value")] = None,
+    imports: Annotated[list[str] | None, IMPORTS] = None,
 ) -> None:
-    """Print the resolved configuration as YAML."""
+    """Print the resolved configuration as YAML (with the data set's defaults and the
+    method's options)."""
     import yaml
 
-    try:
-        cfg = resolve(config, overrides=set_ or [])
-    except ConfigError as err:
-        fail(str(err))
+    import_or_fail(imports)
+    cfg = resolve_or_fail(config, set_, **{"data.name": dataset, "train.method": method})
     typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
 
 

@@ -20,6 +20,7 @@ LAYERS = [
     ("callbacks", ["callbacks"]),
     ("federation", ["federation"]),
     ("api", ["api"]),
+    ("testing", ["testing"]),
     ("flower", ["flower"]),
 ]
 

@@ -74,11 +74,13 @@ METHODS.register_lazy(
     "fedbcs_lightning.methods.fedbcs.strategy:FedBCS",
     "FedBCS: FedAvg + frequency-domain style recalibration (+ dual-level prototype alignment "
     "with fedbcs.cdpa=true)",
+    options="fedbcs_lightning.methods.options:FedBCSOptions",
 )
 METHODS.register_lazy(
     "fedprox",
     "fedbcs_lightning.methods.baselines:FedProx",
     "FedProx: FedAvg + proximal term mu/2 ||w - w_global||^2 on clients (fedprox.mu)",
+    options="fedbcs_lightning.methods.options:FedProxOptions",
 )
 METHODS.register_lazy(
     "fedbn",
@@ -94,16 +96,19 @@ METHODS.register_lazy(
     "moon",
     "fedbcs_lightning.methods.moon:Moon",
     "MOON: FedAvg + model-contrastive loss on the pooled bottleneck (moon.mu, moon.tau)",
+    options="fedbcs_lightning.methods.options:MoonOptions",
 )
 METHODS.register_lazy(
     "fpl",
     "fedbcs_lightning.methods.fpl:FPL",
     "FPL: FedAvg + last-layer class prototypes, FINCH clusters, InfoNCE + MSE (fpl.tau)",
+    options="fedbcs_lightning.methods.options:FPLOptions",
 )
 METHODS.register_lazy(
     "harmofl",
     "fedbcs_lightning.methods.harmofl:HarmoFL",
     "HarmoFL: local amplitude normalisation of inputs + weight perturbation (harmofl.alpha)",
+    options="fedbcs_lightning.methods.options:HarmoFLOptions",
 )
 METHODS.register_lazy(
     "pooled",

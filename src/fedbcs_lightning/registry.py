@@ -33,19 +33,37 @@ class RegistryError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+#: An entry whose options are read from its object's ``Options`` attribute when asked.
+_FROM_TARGET = object()
+
+
+def _load(target: str) -> Any:
+    module_name, _, attribute = target.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 @dataclass
 class _Entry:
     target: Any  # the object itself, or "module:attribute" for a lazy entry
     description: str
+    #: the options dataclass (or "module:attribute", or None: no options); by default the
+    #: object's ``Options`` attribute
+    options: Any = _FROM_TARGET
 
     def resolve(self) -> Any:
         if isinstance(self.target, str):
-            module_name, _, attribute = self.target.partition(":")
-            obj: Any = importlib.import_module(module_name)
-            for part in attribute.split("."):
-                obj = getattr(obj, part)
-            self.target = obj
+            self.target = _load(self.target)
         return self.target
+
+    def resolve_options(self) -> type | None:
+        if self.options is _FROM_TARGET:
+            self.options = getattr(self.resolve(), "Options", None)
+        elif isinstance(self.options, str):
+            self.options = _load(self.options)
+        return self.options
 
 
 class Registry:
@@ -73,22 +91,36 @@ class Registry:
                 self._entries[point.name] = _Entry(point.value, f"(from {point.value})")
 
     def register(
-        self, name: str, target: Any = None, *, description: str = "", override: bool = False
+        self,
+        name: str,
+        target: Any = None,
+        *,
+        description: str = "",
+        override: bool = False,
+        options: type | None | Any = _FROM_TARGET,
     ) -> Callable[[Any], Any] | Any:
-        """Register ``target`` under ``name``; without ``target``, act as a decorator."""
+        """Register ``target`` under ``name``; without ``target``, act as a decorator.
+
+        ``options`` is the dataclass of the entry's own config options (its fields are
+        the keys, their types and defaults); by default the target's ``Options`` attribute.
+        """
 
         def add(obj: Any) -> Any:
             if name in self._entries and not override:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             doc = description or _first_line(getattr(obj, "__doc__", None))
-            self._entries[name] = _Entry(obj, doc)
+            self._entries[name] = _Entry(obj, doc, options)
             return obj
 
         return add if target is None else add(target)
 
-    def register_lazy(self, name: str, target: str, description: str) -> None:
-        """Register ``"module:attribute"``, imported on first :meth:`get`."""
-        self._entries[name] = _Entry(target, description)
+    def register_lazy(
+        self, name: str, target: str, description: str, options: str | None = None
+    ) -> None:
+        """Register ``"module:attribute"``, imported on first :meth:`get`; ``options``
+        names its options dataclass the same way (``None``: it has none), so reading
+        a config never imports the entry itself."""
+        self._entries[name] = _Entry(target, description, options)
 
     def get(self, name: str) -> Any:
         self.check(name)
@@ -104,6 +136,11 @@ class Registry:
                 f"unknown {self.kind} {name!r}; valid {self.kind}s: "
                 f"{', '.join(sorted(self._entries))}.{hint}"
             )
+
+    def options(self, name: str) -> type | None:
+        """The dataclass of entry ``name``'s options, or ``None`` when it has none."""
+        self.check(name)
+        return self._entries[name].resolve_options()
 
     def describe(self, name: str) -> str:
         self.check(name)

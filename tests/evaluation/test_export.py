@@ -3,18 +3,18 @@ import onnxruntime
 import pytest
 import torch
 
-from fedbcs_lightning.config import FedBCSConfig
 from fedbcs_lightning.evaluation import export as export_module
 from fedbcs_lightning.evaluation.export import ExportError, export_model
 from fedbcs_lightning.methods.fedavg import FedAvg
 from fedbcs_lightning.methods.fedbcs.fsr import BandFrequencyStyleRecalibration
 from fedbcs_lightning.methods.fedbcs.strategy import FedBCS
+from fedbcs_lightning.methods.options import FedBCSOptions
 from fedbcs_lightning.models.unet import UNet
 
 
 def tiny(method: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    strategy = FedBCS(FedBCSConfig(cdpa=True, prototype_dim=8)) if method == "fedbcs" else FedAvg()
+    strategy = FedBCS(FedBCSOptions(cdpa=True, prototype_dim=8)) if method == "fedbcs" else FedAvg()
     return strategy.configure_backbone(UNet(3, 3, width=4)).eval()
 
 

@@ -5,13 +5,14 @@ import math
 import pytest
 import torch
 
-from fedbcs_lightning.config import FedBCSConfig, resolve
+from fedbcs_lightning.config import resolve
 from fedbcs_lightning.federation.trainer import FederatedTrainer
 from fedbcs_lightning.federation.updates import FederationStopped, RejectedUpdate, UpdateValidator
 from fedbcs_lightning.methods import ClientUpdate, create_strategy, robust_average
 from fedbcs_lightning.methods.baselines import FedBN, LocalOnly
 from fedbcs_lightning.methods.fedavg import FedAvg
 from fedbcs_lightning.methods.fedbcs.strategy import FedBCS
+from fedbcs_lightning.methods.options import FedBCSOptions
 from fedbcs_lightning.models.unet import UNet
 from tests.helpers import federation
 
@@ -81,7 +82,7 @@ def test_the_norm_bound_is_relative_to_the_weights_sent():
 
 
 def fedbcs_strategy():
-    strategy = FedBCS(FedBCSConfig(cdpa=True, prototype_dim=8))
+    strategy = FedBCS(FedBCSOptions(cdpa=True, prototype_dim=8))
     strategy.configure_backbone(UNet(3, 2, width=4))
     return strategy
 

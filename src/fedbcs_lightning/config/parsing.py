@@ -25,28 +25,115 @@ from fedbcs_lightning.config.validation import validate
 
 
 def merge(config: Any, updates: dict[str, Any], prefix: str = "") -> Any:
-    """Return a copy of dataclass ``config`` with nested ``updates`` applied and typed."""
+    """Return a copy of dataclass ``config`` with nested ``updates`` applied and typed.
+
+    At the top level of a :class:`Config`, a section named after a registered method is
+    read into the options dataclass that method declares.
+    """
     if updates is None and prefix:  # an empty YAML section
         return config
     if not isinstance(updates, dict):
         where = f"section {prefix.rstrip('.')!r}" if prefix else "the config"
         raise ConfigError(f"{where}: expected a mapping of keys, got {updates!r}")
     hints = typing.get_type_hints(type(config))
+    top = isinstance(config, Config)
+    if top:
+        hints.pop("methods")
     changes: dict[str, Any] = {}
+    sections = dict(config.methods) if top else {}
     for key, value in updates.items():
         path = f"{prefix}{key}"
+        if top and key not in hints:
+            sections[key] = _merge_method_section(config, key, value, hints, updates)
+            continue
         if key not in hints:
-            close = difflib.get_close_matches(str(key), hints, n=1)
-            hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
-            raise ConfigError(
-                f"unknown config key {path!r}; valid keys here: {', '.join(hints)}.{hint}"
-            )
+            raise _unknown_key(key, prefix, list(hints))
         current = getattr(config, key)
         if dataclasses.is_dataclass(current):
             changes[key] = merge(current, value, prefix=f"{path}.")
+        elif typing.get_origin(hints[key]) is dict:  # a component's own options, bound later
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{path}: expected a mapping of keys, got {value!r}")
+            changes[key] = {**current, **(value or {})}
         else:
             changes[key] = _coerce(value, hints[key], path)
+    if top:
+        changes["methods"] = sections
     return dataclasses.replace(config, **changes)
+
+
+def _unknown_key(key: Any, prefix: str, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(str(key), valid, n=1)
+    hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+    path = f"{prefix}{key}"
+    return ConfigError(f"unknown config key {path!r}; valid keys here: {', '.join(valid)}.{hint}")
+
+
+def _merge_method_section(
+    config: Config, key: Any, value: Any, hints: dict, updates: dict[str, Any]
+) -> Any:
+    """Section ``key`` of the config's top level: the options of the method of that name."""
+    from fedbcs_lightning.catalog import METHODS
+    from fedbcs_lightning.config.validation import imports_hint
+
+    if key not in METHODS:
+        methods = [m for m in METHODS.names() if _has_options(m)]
+        close = difflib.get_close_matches(str(key), [*hints, *methods], n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        run = updates.get("run")
+        recorded = run.get("imports") if isinstance(run, dict) else None
+        modules = recorded if isinstance(recorded, list) else config.run.imports
+        raise ConfigError(
+            f"unknown config key {key!r}; valid keys here: {', '.join(hints)}, and the "
+            f"options section of a method: {', '.join(methods)}.{hint}"
+            + imports_hint(modules, "method", str(key))
+        )
+    options = METHODS.options(key)
+    if options is None:
+        raise ConfigError(f"{key}: method {key!r} declares no options; drop this section")
+    current = config.methods.get(key) or options()
+    return merge(current, value, prefix=f"{key}.")
+
+
+def _has_options(method: str) -> bool:
+    from fedbcs_lightning.catalog import METHODS
+
+    try:
+        return METHODS.options(method) is not None
+    except Exception:  # a plugin that cannot be imported is reported where it is used
+        return False
+
+
+def bind_backbone_options(config: Config) -> Config:
+    """``model.options`` read into the options dataclass of the backbone ``model.backbone``
+    (typed, with its defaults filled in, validated); kept as a plain mapping so that a
+    saved config reads back without the backbone's code."""
+    from fedbcs_lightning.catalog import BACKBONES
+
+    raw = config.model.options
+    options = BACKBONES.options(config.model.backbone)
+    if options is None:
+        if raw:
+            raise ConfigError(
+                f"model.options: backbone {config.model.backbone!r} declares no options, "
+                f"got {', '.join(map(str, raw))}"
+            )
+        return config
+    typed = merge(options(), raw, prefix="model.options.")
+    check_options(typed, "model.options")
+    model = dataclasses.replace(config.model, options=dataclasses.asdict(typed))
+    return dataclasses.replace(config, model=model)
+
+
+def check_options(options: Any, section: str) -> None:
+    """Run an options dataclass's own ``validate()``, naming ``section`` in its errors."""
+    check = getattr(options, "validate", None)
+    if check is None:
+        return
+    try:
+        check()
+    except ConfigError as err:
+        raise ConfigError(f"{section}.{err}") from None
 
 
 def _coerce(value: Any, hint: Any, path: str) -> Any:
@@ -193,15 +280,26 @@ def resolve(
     for text in overrides:
         config = merge(config, parse_override(text))
     config = merge(config, options or {})
+    return finish(config)
+
+
+def finish(config: Config) -> Config:
+    """The last step of reading a config: names checked, the chosen method's section
+    present (with its defaults), every component's options typed and validated."""
     validate(config)
-    return config
+    method = config.train.method
+    if method not in config.methods:
+        defaults = config.method_options(method)
+        if defaults is not None:
+            config = dataclasses.replace(config, methods={**config.methods, method: defaults})
+    for name, options in config.methods.items():
+        check_options(options, name)
+    return bind_backbone_options(config)
 
 
 def from_dict(data: dict[str, Any]) -> Config:
     """Rebuild a saved (resolved) config."""
-    config = merge(Config(), data)
-    validate(config)
-    return config
+    return finish(merge(Config(), data))
 
 
 def save(config: Config, path: str | Path) -> None:

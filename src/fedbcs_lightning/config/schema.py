@@ -70,6 +70,8 @@ class ModelConfig:
     norm: str = "batch"  # batch | batch_stateless (the reference's) | instance | group
     encoder: str = "resnet18"  # smp encoder name, for backbone smp-unet
     encoder_weights: str | None = None  # never downloaded implicitly
+    # the backbone's own options (the dataclass it declares), passed to its constructor
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,59 +86,6 @@ class TrainConfig:
     weight_decay: float = 1e-4
     momentum: float = 0.0
     shuffle: bool = True  # shuffle training batches (the reference does not)
-
-
-@dataclass
-class FedBCSConfig:
-    """Options of method ``fedbcs``; the ablations are switches here."""
-
-    fsr: bool = True  # frequency-domain style recalibration in the encoder
-    fsr_levels: list[int] = field(default_factory=lambda: [2, 3, 4])  # 1-based encoder levels
-    fsr_mode: str = "closed"  # closed (exact fast path) | fft | band
-    fsr_bands: int = 4  # radial bands, for fsr_mode band
-    cdpa: bool = False  # context-aware dual-level prototype alignment (on in the paper presets)
-    prototype_levels: list[str] = field(default_factory=lambda: ["encoder", "decoder"])
-    prototype_dim: int = 256  # channels of each fused level
-    prototype_mean: str = "batch"  # batch (mean of batch means, the reference) | pixel
-    clustering: str = "finch"  # finch | mean (server-side prototype aggregation)
-    max_anchors: int = 1024  # anchors per class, level and batch (random subset); 0 = all
-    tau: float = 0.1  # temperature of the contrastive term
-    weight: float = 1.0  # lambda, weight of the alignment loss
-    warmup_rounds: int = 0  # lambda rises linearly over this many rounds from round 2; 0 = none
-    alignment: str = "stable"  # stable (log-sum-exp) | paper (the reference's clamps)
-
-
-@dataclass
-class FedProxConfig:
-    """Options of method ``fedprox``."""
-
-    mu: float = 0.01  # weight of the proximal term
-
-
-@dataclass
-class MoonConfig:
-    """Options of method ``moon``."""
-
-    mu: float = 1.0  # weight of the model-contrastive loss
-    tau: float = 0.5  # temperature
-    projection_dim: int = 64  # output size of the projection head on the pooled bottleneck
-
-
-@dataclass
-class FPLConfig:
-    """Options of method ``fpl`` (prototypes of the last decoder layer)."""
-
-    tau: float = 0.02  # temperature of the cluster-prototype contrastive term
-    weight: float = 1.0  # weight of the prototype loss (contrastive + consistency)
-    max_anchors: int = 1024  # anchors per class and batch (random subset); 0 = all
-
-
-@dataclass
-class HarmoFLConfig:
-    """Options of method ``harmofl``."""
-
-    alpha: float = 0.05  # radius of the weight perturbation (gradient direction)
-    momentum: float = 0.1  # update rate of each site's running amplitude spectrum
 
 
 @dataclass
@@ -189,17 +138,45 @@ class RunConfig:
 
 @dataclass
 class Config:
+    """A run's whole configuration: the fixed sections, and one section per method that
+    declares options (``config.fedbcs``, ``config.method_options("fedbcs")``), kept in
+    :attr:`methods` and written at the top level like the others."""
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
-    fedbcs: FedBCSConfig = field(default_factory=FedBCSConfig)
-    fedprox: FedProxConfig = field(default_factory=FedProxConfig)
-    moon: MoonConfig = field(default_factory=MoonConfig)
-    fpl: FPLConfig = field(default_factory=FPLConfig)
-    harmofl: HarmoFLConfig = field(default_factory=HarmoFLConfig)
+    #: method name -> its options (an instance of the dataclass the method registered)
+    methods: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def method_options(self, name: str | None = None) -> Any:
+        """The options of method ``name`` (default ``train.method``): its section, else
+        the defaults of the options it declares; ``None`` for a method without options."""
+        from fedbcs_lightning.catalog import METHODS
+
+        name = self.train.method if name is None else name
+        if name in self.methods:
+            return self.methods[name]
+        options = METHODS.options(name)
+        return None if options is None else options()
+
+    def __getattr__(self, name: str) -> Any:
+        # config.fedbcs: the section of a method (only for names that are not fields)
+        if name.startswith("_") or "methods" not in self.__dict__:
+            raise AttributeError(name)
+        from fedbcs_lightning.catalog import METHODS
+
+        if name in self.__dict__["methods"] or (name in METHODS and METHODS.options(name)):
+            return self.method_options(name)
+        raise AttributeError(f"{type(self).__name__!r} has no section {name!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = {f.name: dataclasses.asdict(getattr(self, f.name)) for f in _SECTIONS}
+        out.update({name: dataclasses.asdict(o) for name, o in self.methods.items()})
+        return out
+
+
+#: The fixed sections, in the order a saved config lists them.
+_SECTIONS = [f for f in dataclasses.fields(Config) if f.name != "methods"]

@@ -33,7 +33,7 @@ def validate(config: Config) -> None:
             registry.check(value)
         except RegistryError as err:
             raise ConfigError(
-                f"{key}: {err}{_imports_hint(config, registry.kind, value)}"
+                f"{key}: {err}{imports_hint(config.run.imports, registry.kind, value)}"
             ) from None
     _choice(config.train.optimizer, OPTIMIZERS, "train.optimizer")
     _choice(config.model.norm, NORMS, "model.norm")
@@ -90,37 +90,6 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"data.fold: must lie in 0..{max(folds, 1) - 1} with data.folds={folds}, got {fold}"
         )
-    if config.data.image_size % 16:
-        raise ConfigError(
-            f"data.image_size: must be a multiple of 16 (the U-Net halves it 4 times), "
-            f"got {config.data.image_size}; try {-(-config.data.image_size // 16) * 16}"
-        )
-    fb = config.fedbcs
-    _choice(fb.fsr_mode, ("closed", "fft", "band"), "fedbcs.fsr_mode")
-    _choice(fb.prototype_mean, ("batch", "pixel"), "fedbcs.prototype_mean")
-    _choice(fb.clustering, ("finch", "mean"), "fedbcs.clustering")
-    _choice(fb.alignment, ("stable", "paper"), "fedbcs.alignment")
-    for level in fb.prototype_levels:
-        _choice(level, ("encoder", "decoder"), "fedbcs.prototype_levels")
-    if fb.cdpa and not fb.prototype_levels:
-        raise ConfigError("fedbcs.prototype_levels: name encoder and/or decoder (or cdpa: false)")
-    if any(level < 1 for level in fb.fsr_levels):
-        raise ConfigError(f"fedbcs.fsr_levels: levels count from 1, got {fb.fsr_levels}")
-    _positive(config, "fedbcs.tau", "fedbcs.prototype_dim", "fedbcs.fsr_bands")
-    if config.fedprox.mu < 0:
-        raise ConfigError(f"fedprox.mu: must be >= 0, got {config.fedprox.mu}")
-    _positive(config, "moon.tau", "moon.projection_dim", "fpl.tau")
-    for key in ("moon.mu", "fpl.weight", "fpl.max_anchors", "harmofl.alpha"):
-        if _get(config, key) < 0:
-            raise ConfigError(f"{key}: must be >= 0, got {_get(config, key)}")
-    if not 0.0 < config.harmofl.momentum <= 1.0:
-        raise ConfigError(f"harmofl.momentum: must lie in (0, 1], got {config.harmofl.momentum}")
-    if fb.max_anchors < 0:
-        raise ConfigError(f"fedbcs.max_anchors: must be >= 0 (0 = all), got {fb.max_anchors}")
-    if fb.weight < 0:
-        raise ConfigError(f"fedbcs.weight: must be >= 0, got {fb.weight}")
-    if fb.warmup_rounds < 0:
-        raise ConfigError(f"fedbcs.warmup_rounds: must be >= 0 (0 = none), got {fb.warmup_rounds}")
     if config.train.weight_decay < 0 or config.data.synthetic.style_strength < 0:
         raise ConfigError("train.weight_decay and data.synthetic.style_strength must be >= 0")
 
@@ -231,10 +200,10 @@ def _check_data_source(config: Config) -> None:
         raise ConfigError(f"data.label_values: mask values are >= 0, got {values}")
 
 
-def _imports_hint(config: Config, kind: str, name: str) -> str:
+def imports_hint(modules: list, kind: str, name: str) -> str:
     """What to pass when a config names code of modules it records (``run.imports``): a
     config is data, so the modules it lists are reported, never imported from it."""
-    modules = [m for m in config.run.imports if isinstance(m, str)]
+    modules = [m for m in modules if isinstance(m, str)]
     if not modules:
         return ""
     flags = " ".join(f"--import {m}" for m in modules)

@@ -42,8 +42,10 @@ def check_setup(config: Config) -> None:
     """What the config's names imply and plain validation cannot see, checked before any
     data are read: the backbone takes ``data.image_size`` (its own ``input_divisor``),
     and the accelerator named by ``run.accelerator`` exists here."""
-    backbone = BACKBONES.get(config.model.backbone)
-    divisor = int(getattr(backbone, "input_divisor", 1))
+    backbone = BACKBONES.get(config.model.backbone).from_config(
+        config.model, in_channels=1, num_classes=2
+    )  # the divisor may depend on the backbone's options (its depth)
+    divisor = int(backbone.input_divisor)
     size = config.data.image_size
     if size % divisor:
         raise ConfigError(

@@ -1,40 +1,36 @@
 """Federated methods (the `--method` word): server-side strategies, their client hooks,
-and the prototype machinery FedBCS and FPL share."""
+and the prototype machinery FedBCS and FPL share.
+
+The names below load on first use, so that :mod:`.options` (what a config reads) never
+imports torch.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from fedbcs_lightning.catalog import METHODS
-from fedbcs_lightning.methods.base import (
-    ClientHook,
-    ClientUpdate,
-    Instruction,
-    Strategy,
-    Weights,
-    robust_average,
-    weighted_average,
-)
+
+_LAZY = {
+    "ClientHook": "fedbcs_lightning.methods.base",
+    "ClientUpdate": "fedbcs_lightning.methods.base",
+    "Instruction": "fedbcs_lightning.methods.base",
+    "PrototypeSharing": "fedbcs_lightning.methods.base",
+    "Strategy": "fedbcs_lightning.methods.base",
+    "Weights": "fedbcs_lightning.methods.base",
+    "robust_average": "fedbcs_lightning.methods.base",
+    "weighted_average": "fedbcs_lightning.methods.base",
+    "site_key": "fedbcs_lightning.methods.base",
+    "create_strategy": "fedbcs_lightning.methods.create",
+    "strategy_class": "fedbcs_lightning.methods.create",
+}
 
 
-def create_strategy(config) -> Strategy:
-    """Build the strategy named by ``config.train.method``, aggregating weights by the rule
-    of ``config.server.aggregation``, under the differential privacy of ``config.privacy``
-    (a method that cannot support it is refused with the reason)."""
-    from fedbcs_lightning.privacy import check_method, wrap_strategy
-
-    strategy = METHODS.get(config.train.method).from_config(config)
-    strategy.configure_aggregation(config.server.aggregation, config.server.trim_fraction)
-    check_method(strategy, config.privacy.mode)
-    return wrap_strategy(strategy, config)
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [
-    "METHODS",
-    "ClientHook",
-    "ClientUpdate",
-    "Instruction",
-    "Strategy",
-    "Weights",
-    "create_strategy",
-    "robust_average",
-    "weighted_average",
-]
+__all__ = ["METHODS", *sorted(_LAZY)]

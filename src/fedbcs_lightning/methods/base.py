@@ -18,6 +18,26 @@ import torch
 Weights = dict[str, torch.Tensor]
 
 
+def site_key(site: str, key: str) -> str:
+    """The name under which a per-site tensor ``key`` of ``site`` is kept in the global
+    weights (FedBN's BatchNorm, local models): ``"<site>/<key>"``.
+
+    >>> site_key("site1", "head.weight")
+    'site1/head.weight'
+    """
+    return f"{site}/{key}"
+
+
+def split_site_key(name: str) -> tuple[str, str] | None:
+    """``(site, key)`` of a name made by :func:`site_key`, or ``None`` for a shared tensor.
+
+    >>> split_site_key("site1/head.weight"), split_site_key("head.weight")
+    (('site1', 'head.weight'), None)
+    """
+    site, sep, key = name.partition("/")
+    return (site, key) if sep else None
+
+
 @dataclass
 class Instruction:
     """What the server sends one client: weights to load and method-specific extras."""
@@ -150,6 +170,9 @@ class Strategy:
     """
 
     name = "base"
+    #: The dataclass of the method's options (its config section, named after the method
+    #: as registered), or None. The config validates the section (``validate()``).
+    Options: type | None = None
     #: With True, the federation gets one extra client that trains on every site's data.
     pools_training_data = False
 
@@ -157,6 +180,14 @@ class Strategy:
     #: median or trimmed_mean (coordinate-wise, see :func:`robust_average`).
     aggregation = "mean"
     trim_fraction = 0.1
+
+    @classmethod
+    def from_config(cls, config: Any) -> Strategy:
+        """Build from a resolved config: ``cls(options)`` with the method's section when
+        the method declares :attr:`Options`, else ``cls()``. Override to read more."""
+        if cls.Options is None:
+            return cls()
+        return cls(config.method_options(config.train.method))
 
     def configure_aggregation(self, rule: str, trim_fraction: float = 0.1) -> None:
         """Choose the rule :meth:`FedAvg.average` applies (config ``server.aggregation``)."""

@@ -18,6 +18,7 @@ from fedbcs_lightning.methods.base import (
     Weights,
 )
 from fedbcs_lightning.methods.fedavg import FedAvg
+from fedbcs_lightning.methods.options import FedProxOptions
 
 
 class ProximalTerm(ClientHook):
@@ -50,6 +51,7 @@ class FedProx(FedAvg):
     """
 
     name = "fedprox"
+    Options = FedProxOptions
 
     def __init__(self, mu: float = 0.01) -> None:
         super().__init__()
@@ -57,7 +59,7 @@ class FedProx(FedAvg):
 
     @classmethod
     def from_config(cls, config) -> FedProx:
-        return cls(config.fedprox.mu)
+        return cls(config.method_options().mu)
 
     def client_hooks(self) -> list[ClientHook]:
         return [ProximalTerm(self.mu)]

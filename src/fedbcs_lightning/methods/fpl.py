@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedbcs_lightning.config import FedBCSConfig
 from fedbcs_lightning.methods.fedbcs.context import Descriptor, LinearPart
 from fedbcs_lightning.methods.fedbcs.strategy import DESCRIPTORS, FedBCS
+from fedbcs_lightning.methods.options import FedBCSOptions, FPLOptions
 
 LEVEL = "last"
 
@@ -44,11 +44,12 @@ class FPL(FedBCS):
     """FedAvg + last-layer prototypes clustered with FINCH (``fpl.tau``, ``fpl.weight``)."""
 
     name = "fpl"
+    Options = FPLOptions
 
     def __init__(
         self, tau: float = 0.02, weight: float = 1.0, max_anchors: int = 1024, local_epochs: int = 1
     ) -> None:
-        options = FedBCSConfig(
+        options = FedBCSOptions(
             fsr=False,
             cdpa=True,
             prototype_levels=[LEVEL],
@@ -61,7 +62,7 @@ class FPL(FedBCS):
 
     @classmethod
     def from_config(cls, config) -> FPL:
-        fpl = config.fpl
+        fpl = config.method_options()
         strategy = cls(fpl.tau, fpl.weight, fpl.max_anchors, config.train.local_epochs)
         strategy.collect_prototypes = config.privacy.mode != "sample"
         return strategy

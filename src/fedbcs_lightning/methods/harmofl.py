@@ -16,6 +16,7 @@ from torch import nn
 
 from fedbcs_lightning.methods.base import ClientHook
 from fedbcs_lightning.methods.baselines import PartlyLocal
+from fedbcs_lightning.methods.options import HarmoFLOptions
 
 
 class AmplitudeNormalization(nn.Module):
@@ -115,6 +116,7 @@ class HarmoFL(PartlyLocal):
     (``harmofl.alpha``, ``harmofl.momentum``)."""
 
     name = "harmofl"
+    Options = HarmoFLOptions
 
     def privacy_refusal(self, mode: str) -> str | None:
         if mode == "sample":
@@ -130,7 +132,8 @@ class HarmoFL(PartlyLocal):
 
     @classmethod
     def from_config(cls, config) -> HarmoFL:
-        return cls(config.data.image_size, config.harmofl.alpha, config.harmofl.momentum)
+        options = config.method_options()
+        return cls(config.data.image_size, options.alpha, options.momentum)
 
     def configure_backbone(self, backbone: Any) -> Any:
         backbone.set_input_transform(

@@ -17,6 +17,7 @@ from torch import nn
 
 from fedbcs_lightning.methods.base import ClientHook, Instruction
 from fedbcs_lightning.methods.fedavg import FedAvg
+from fedbcs_lightning.methods.options import MoonOptions
 
 PROJECTION = "moon_projection"
 
@@ -113,6 +114,7 @@ class Moon(FedAvg):
     """
 
     name = "moon"
+    Options = MoonOptions
 
     def __init__(self, mu: float = 1.0, tau: float = 0.5, projection_dim: int = 64) -> None:
         super().__init__()
@@ -120,7 +122,8 @@ class Moon(FedAvg):
 
     @classmethod
     def from_config(cls, config) -> Moon:
-        return cls(config.moon.mu, config.moon.tau, config.moon.projection_dim)
+        options = config.method_options()
+        return cls(options.mu, options.tau, options.projection_dim)
 
     def configure_backbone(self, backbone: Any) -> Any:
         backbone.add_module(

@@ -3,8 +3,8 @@
 FedBCS and the prototype baselines need more than logits: the multi-level encoder
 features (shallow to deep), the decoder features (deep to shallow), and a place to insert
 a module after an encoder level whose output replaces that level's feature. A backbone
-provides exactly that and nothing else; one shared test class checks every registered
-backbone.
+provides exactly that and nothing else; the contract tests of
+:mod:`fedbcs_lightning.testing` check every registered backbone (a plugin's too).
 
 Example
 -------
@@ -38,12 +38,33 @@ class BackboneOutput:
     bottleneck: torch.Tensor
 
 
-class SegmentationBackbone(nn.Module):
-    """Base class: implement ``forward_features`` and set the channel/stride attributes.
+class _EncoderTransform:
+    """Forward hook on an encoder level's module: its output replaced by the transform a
+    method set for that level (held by the backbone's ``encoder_transforms``, so that a
+    deep copy of the backbone hooks the copy's transforms)."""
 
-    Subclasses call :meth:`apply_input_transform` on the input (after :meth:`check_input`)
-    and :meth:`apply_encoder_transform` on each encoder level's feature before it feeds the
-    next level and the skip connection. Methods insert their layers at these two points.
+    def __init__(self, transforms: nn.ModuleDict, level: int) -> None:
+        self.transforms, self.level = transforms, level
+
+    def __call__(self, module: nn.Module, args: object, output: torch.Tensor) -> torch.Tensor:
+        key = str(self.level)
+        return self.transforms[key](output) if key in self.transforms else output
+
+
+class SegmentationBackbone(nn.Module):
+    """Base class of every backbone: subclasses implement :meth:`forward_levels` and
+    :meth:`encoder_level_modules`, and set the channel/stride attributes.
+
+    :meth:`forward_features` (what everything calls) checks the input, applies the
+    method's input transform (HarmoFL's amplitude normalisation) and calls
+    :meth:`forward_levels`; a method's encoder transform (FedBCS's style recalibration)
+    replaces the output of the module :meth:`encoder_level_modules` names for its level,
+    so it feeds the next level and the skip connection. A subclass cannot skip either:
+    defining ``forward_features`` or ``forward`` itself is an error.
+
+    A backbone with options declares them as a dataclass in ``Options``; the config's
+    ``model.options`` section is read into it and passed to the constructor as keyword
+    arguments (with ``in_channels`` and ``num_classes``).
     """
 
     encoder_channels: tuple[int, ...]
@@ -51,8 +72,20 @@ class SegmentationBackbone(nn.Module):
     encoder_strides: tuple[int, ...]
     decoder_strides: tuple[int, ...]
     bottleneck_channels: int
-    #: input height and width must be multiples of this
+    #: input height and width must be multiples of this (``data.image_size`` is checked)
     input_divisor: int = 16
+    #: the dataclass of the backbone's own options (``model.options``), or None
+    Options: type | None = None
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("forward_features", "forward"):
+            if name in cls.__dict__:
+                raise TypeError(
+                    f"{cls.__qualname__} defines {name}(); a backbone implements "
+                    "forward_levels(x) (and encoder_level_modules()), and the base class's "
+                    "forward_features checks the input and applies the method's transforms"
+                )
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()
@@ -60,14 +93,29 @@ class SegmentationBackbone(nn.Module):
         self.num_classes = num_classes
         self.encoder_transforms = nn.ModuleDict()
         self.input_transform: nn.Module | None = None
+        self._hooked_levels: set[int] = set()
 
     @classmethod
     def from_config(cls, config: ModelConfig, in_channels: int, num_classes: int):
-        """Build from the ``model`` config section; override to read backbone options."""
-        return cls(in_channels=in_channels, num_classes=num_classes)
+        """Build from the ``model`` config section: the backbone's options
+        (``config.options``) as keyword arguments. Override to read other keys."""
+        return cls(in_channels=in_channels, num_classes=num_classes, **config.options)
+
+    def forward_levels(self, x: torch.Tensor) -> BackboneOutput:
+        """The network itself, on a checked and transformed input: logits and every
+        level's features."""
+        raise NotImplementedError(f"{type(self).__qualname__} does not implement forward_levels")
+
+    def encoder_level_modules(self) -> list[nn.Module] | None:
+        """The modules whose outputs are the encoder levels (shallow first, one per entry
+        of ``encoder_channels``), each output feeding both the next level and the skip
+        connection; ``None`` where they cannot be named (encoder transforms then fail
+        with the reason)."""
+        return None
 
     def forward_features(self, x: torch.Tensor) -> BackboneOutput:
-        raise NotImplementedError
+        self.check_input(x)
+        return self.forward_levels(self.apply_input_transform(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x).logits
@@ -79,7 +127,21 @@ class SegmentationBackbone(nn.Module):
                 f"encoder level {level} does not exist; this backbone has levels "
                 f"0..{len(self.encoder_channels) - 1}"
             )
+        modules = self.encoder_level_modules()
+        if modules is None:
+            raise NotImplementedError(
+                f"{type(self).__qualname__} does not name its encoder level modules "
+                "(encoder_level_modules()), so no method can insert a layer after a level"
+            )
+        if len(modules) != len(self.encoder_channels):
+            raise ValueError(
+                f"{type(self).__qualname__}.encoder_level_modules() names {len(modules)} "
+                f"modules for {len(self.encoder_channels)} encoder levels"
+            )
         self.encoder_transforms[str(level)] = module
+        if level not in self._hooked_levels:
+            modules[level].register_forward_hook(_EncoderTransform(self.encoder_transforms, level))
+            self._hooked_levels.add(level)
 
     def set_input_transform(self, module: nn.Module) -> None:
         """Insert ``module`` before the first layer (e.g. HarmoFL's amplitude normalisation)."""
@@ -87,12 +149,6 @@ class SegmentationBackbone(nn.Module):
 
     def apply_input_transform(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.input_transform is None else self.input_transform(x)
-
-    def apply_encoder_transform(self, level: int, feature: torch.Tensor) -> torch.Tensor:
-        module = (
-            self.encoder_transforms[str(level)] if str(level) in self.encoder_transforms else None
-        )
-        return feature if module is None else module(feature)
 
     def check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels:

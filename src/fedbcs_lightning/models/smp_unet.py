@@ -56,9 +56,6 @@ class SmpUNet(SegmentationBackbone):
             block.register_forward_hook(self._capture)
         stages = [getattr(self.net.encoder, name, None) for name in _RESNET_STAGES]
         self._stages = stages if all(isinstance(s, nn.Module) for s in stages) else None
-        if self._stages:
-            for level, stage in enumerate(self._stages):
-                stage.register_forward_hook(self._transform_hook(level))
 
     @classmethod
     def from_config(cls, config, in_channels: int, num_classes: int) -> SmpUNet:
@@ -69,23 +66,11 @@ class SmpUNet(SegmentationBackbone):
     def _capture(self, module: nn.Module, args: object, output: torch.Tensor) -> None:
         self._captured.append(output)
 
-    def _transform_hook(self, level: int):
-        def hook(module: nn.Module, args: object, output: torch.Tensor) -> torch.Tensor:
-            return self.apply_encoder_transform(level, output)
+    def encoder_level_modules(self) -> list[nn.Module] | None:
+        # ResNet-style encoders name their stages; others cannot host FSR
+        return self._stages
 
-        return hook
-
-    def set_encoder_transform(self, level: int, module: nn.Module) -> None:
-        if self._stages is None:
-            raise NotImplementedError(
-                f"encoder {type(self.net.encoder).__name__} does not expose its stage modules; "
-                "encoder transforms (FSR) are supported for ResNet-style smp encoders"
-            )
-        super().set_encoder_transform(level, module)
-
-    def forward_features(self, x: torch.Tensor) -> BackboneOutput:
-        self.check_input(x)
-        x = self.apply_input_transform(x)
+    def forward_levels(self, x: torch.Tensor) -> BackboneOutput:
         self._captured = []
         features = self.net.encoder(x)
         decoded = self.net.decoder(features)

@@ -78,12 +78,13 @@ class UNet(SegmentationBackbone):
     def from_config(cls, config, in_channels: int, num_classes: int) -> UNet:
         return cls(in_channels, num_classes, width=config.width, norm=config.norm)
 
-    def forward_features(self, x: torch.Tensor) -> BackboneOutput:
-        self.check_input(x)
-        x = self.apply_input_transform(x)
+    def encoder_level_modules(self) -> list[nn.Module]:
+        return list(self.down)
+
+    def forward_levels(self, x: torch.Tensor) -> BackboneOutput:
         encoder = []
-        for level, block in enumerate(self.down):
-            x = self.apply_encoder_transform(level, block(x))
+        for block in self.down:
+            x = block(x)
             encoder.append(x)
             x = self.pool(x)
         bottleneck = self.center(x)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from fedbcs_lightning.config import ConfigError, FedBCSConfig
+from fedbcs_lightning.config import ConfigError
 from fedbcs_lightning.methods.base import (
     ClientHook,
     ClientUpdate,
@@ -24,6 +24,7 @@ from fedbcs_lightning.methods.fedavg import FedAvg
 from fedbcs_lightning.methods.fedbcs.alignment import alignment_loss
 from fedbcs_lightning.methods.fedbcs.context import DualLevelDescriptors, resize_labels
 from fedbcs_lightning.methods.fedbcs.fsr import build_fsr
+from fedbcs_lightning.methods.options import FedBCSOptions
 from fedbcs_lightning.methods.prototypes import (
     PrototypeAccumulator,
     PrototypeBank,
@@ -69,7 +70,7 @@ def alignment_weight(weight: float, warmup_rounds: int, server_round: int) -> fl
 class PrototypeAlignment(ClientHook):
     """Client side of CDPA: alignment loss and local prototypes."""
 
-    def __init__(self, options: FedBCSConfig, local_epochs: int, collect: bool = True) -> None:
+    def __init__(self, options: FedBCSOptions, local_epochs: int, collect: bool = True) -> None:
         self.options = options
         self.local_epochs = local_epochs
         self.collect = collect  # reduce this site's prototypes from its training steps
@@ -141,19 +142,20 @@ class FedBCS(FedAvg):
 
     Example
     -------
-    >>> from fedbcs_lightning.config import ConfigError, FedBCSConfig
+    >>> from fedbcs_lightning.methods.options import FedBCSOptions
     >>> from fedbcs_lightning.models.unet import UNet
-    >>> strategy = FedBCS(FedBCSConfig(cdpa=True, prototype_dim=8))
+    >>> strategy = FedBCS(FedBCSOptions(cdpa=True, prototype_dim=8))
     >>> net = strategy.configure_backbone(UNet(3, 2, width=4))
     >>> sorted(net.encoder_transforms)
     ['1', '2', '3']
     """
 
     name = "fedbcs"
+    Options = FedBCSOptions
 
-    def __init__(self, options: FedBCSConfig | None = None, local_epochs: int = 1) -> None:
+    def __init__(self, options: FedBCSOptions | None = None, local_epochs: int = 1) -> None:
         super().__init__()
-        self.options = options or FedBCSConfig()
+        self.options = options or FedBCSOptions()
         self.local_epochs = local_epochs
         self.global_prototypes: PrototypeBank | None = None
         #: descriptor width per prototype level and the class count, known once a backbone
@@ -165,7 +167,7 @@ class FedBCS(FedAvg):
 
     @classmethod
     def from_config(cls, config) -> FedBCS:
-        strategy = cls(config.fedbcs, config.train.local_epochs)
+        strategy = cls(config.method_options(), config.train.local_epochs)
         strategy.collect_prototypes = config.privacy.mode != "sample"
         return strategy
 

@@ -144,6 +144,7 @@ def serve(
                 "run.seed": seed,
                 "server.min_clients": min_sites,
                 "server.sites": sites,
+                "run.imports": imports or None,
             },  # fmt: skip
         )
         from fedbcs_lightning.api import default_run_dir

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 REPO=$(pwd)
 TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+[ -n "${KEEP:-}" ] || trap 'rm -rf "$work"' EXIT
 export NO_ALBUMENTATIONS_UPDATE=1 WANDB_MODE=offline
 
 .venv/bin/python -m pip wheel --quiet --no-deps --wheel-dir "$work/dist" "$REPO" "$REPO/examples/plugin"
@@ -19,8 +19,10 @@ python3 -m venv "$work/env"
 "$work/env/bin/python" -m pip install --quiet $TORCH_SPEC "$work"/dist/*.whl pytest
 cp -r "$REPO/examples/plugin/tests" "$work/tests"
 cd "$work"
-"$work/env/bin/fedbcs" methods | grep -q "^fedavgm" || { echo "fedavgm not listed"; exit 1; }
-"$work/env/bin/fedbcs" backbones | grep -q "^tiny-unet" || { echo "tiny-unet not listed"; exit 1; }
+listed="$("$work/env/bin/fedbcs" methods) $("$work/env/bin/fedbcs" backbones)"
+for name in fedavgm tiny-unet; do
+    grep -q "^$name " <<<"$listed" || { echo "$name is not listed:"; echo "$listed"; exit 1; }
+done
 "$work/env/bin/fedbcs" fit --method fedavgm --set fedavgm.momentum=0.5 --set fedavgm.clip=5 \
     --set model.backbone=tiny-unet --set model.options.depth=3 --image-size 32 --rounds 2 \
     --clients 2 --set data.synthetic.images_per_site=8 --output "$work/run"

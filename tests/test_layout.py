@@ -142,3 +142,81 @@ def test_the_wheel_lists_every_package():
         for p in PACKAGE.rglob("__init__.py")
     }
     assert found <= listed, f"pyproject.toml does not list {sorted(found - listed)}"
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the library modules it imports (anywhere in it, function level too),
+    with the packages whose ``__init__`` an import runs."""
+    modules = {module_name(p): p for p in library_modules()}
+
+    def owner(name: str) -> str:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found = set()
+        for target in map(owner, internal(imports_of(path))):
+            parts = target.split(".")
+            for k in range(1, len(parts) + 1):
+                step = ".".join(parts[:k])
+                if step in modules and step != name and not name.startswith(step + "."):
+                    found.add(step)
+        graph[name] = found
+    return graph
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    cycles, done = [], set()
+
+    def walk(node: str, path: list[str]) -> None:
+        for target in sorted(graph[node]):
+            if target in path:
+                cycles.append(path[path.index(target) :] + [target])
+            elif target not in done:
+                walk(target, [*path, target])
+        done.add(node)
+
+    for start in sorted(graph):
+        if start not in done:
+            walk(start, [start])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles[:5])
+
+
+def test_importing_the_library_changes_no_logging_level_or_warning_filter():
+    """Quieting Lightning is done while a client trains, never at import."""
+    import subprocess
+    import sys
+
+    modules = [f"fedbcs_lightning.{module_name(p)}" for p in library_modules() if module_name(p)]
+    script = f"""
+import logging, warnings
+def state():
+    names = ["", "lightning", "lightning.pytorch", "lightning.fabric", "torch"]
+    return [logging.getLogger(n).level for n in names], list(warnings.filters)
+import lightning, torch  # their own import-time settings are theirs
+before = state()
+import importlib
+for name in {modules!r}:
+    importlib.import_module(name)
+after = state()
+assert before == after, (before, after)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+#: What layers outside ``methods/`` may use of it: the contracts (base), building the
+#: configured strategy (create) and the prototype bank the private release fills.
+METHOD_SEAMS = ("methods", "methods.base", "methods.create", "methods.prototypes")
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in library_modules() if "methods" not in p.parts], ids=module_name
+)
+def test_generic_layers_know_no_particular_method(path):
+    used = {m for m in internal(imports_of(path)) if m.split(".")[0] == "methods"}
+    particular = {m for m in used if resolvable(m) and m not in METHOD_SEAMS}
+    assert not particular, f"{module_name(path)} imports {sorted(particular)}"

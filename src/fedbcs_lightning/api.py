@@ -17,7 +17,7 @@ import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fedbcs_lightning.config import Config, ConfigError, from_dict, merge, save
 from fedbcs_lightning.data import FederatedData, config_splits, load_dataset
@@ -32,15 +32,13 @@ from fedbcs_lightning.rundir import (
 
 if TYPE_CHECKING:  # torch and Lightning load once a federation is built, not before
     from fedbcs_lightning.callbacks import FederatedCallback
+    from fedbcs_lightning.federation.engine import Engine, Setup
     from fedbcs_lightning.federation.trainer import FederatedTrainer, FitResult
-    from fedbcs_lightning.methods import Strategy
-    from fedbcs_lightning.methods.base import Weights
 
 __all__ = [
     "InProcess",
     "ResumeError",
     "RunResult",
-    "Setup",
     "fit",
     "format_summary",
     "resume",
@@ -64,19 +62,6 @@ class RunResult:
         return format_summary(self.result, list(self.data_info["regions"]))
 
 
-@dataclass
-class Setup:
-    """A federation ready to train: what :meth:`InProcess.prepare` (or another engine's
-    ``prepare``) returns before anything is written to the run directory."""
-
-    strategy: Strategy
-    clients: Any  # a list of FederatedClient, or an engine (federation/engine.py)
-    initial_weights: Weights
-    data_info: dict
-    splits: dict
-    data: FederatedData | None = None
-
-
 class InProcess:
     """The default engine: every site's data and client in this process."""
 
@@ -85,6 +70,7 @@ class InProcess:
         the strategy and one client per site."""
         data, splits = _data(config)
         from fedbcs_lightning.federation.build import build_clients, check_setup, describe_data
+        from fedbcs_lightning.federation.engine import Setup
         from fedbcs_lightning.methods import create_strategy
 
         check_setup(config)
@@ -105,7 +91,7 @@ def fit(
     callbacks: list[FederatedCallback] | None = None,
     progress: bool = True,
     overwrite: bool = False,
-    engine: Any = None,
+    engine: Engine | None = None,
 ) -> RunResult:
     """Train a federation as ``config`` says; write the run directory; return the results.
 
@@ -148,7 +134,7 @@ def fit(
     return RunResult(config, setup.data, run_dir, result, setup.data_info)
 
 
-def _stopped(run_dir: Path, saved: bool, engine: Any) -> str:
+def _stopped(run_dir: Path, saved: bool, engine: Engine | None) -> str:
     if not saved:
         return "The run stopped before any round was saved; nothing was kept."
     command = getattr(engine, "resume_command", "fedbcs fit --resume")
@@ -187,7 +173,7 @@ def resume(
     rounds: int | None = None,
     callbacks: list[FederatedCallback] | None = None,
     progress: bool = True,
-    engine: Any = None,
+    engine: Engine | None = None,
 ) -> RunResult:
     """Continue the run in ``run_dir`` from its last saved round (``checkpoints/state.pt``).
 

@@ -37,6 +37,6 @@ def test_a_client_scores_on_the_gpu_and_keeps_its_model_on_the_cpu():
     )
     setup = InProcess().prepare(config)
     client = setup.clients[0]
-    scores = client.evaluate(Instruction(setup.initial_weights, {"round": 0}))
+    scores = client.evaluate(Instruction(setup.initial_weights, server_round=0))
     assert 0 <= scores["dice"] <= 1
     assert next(client.module.parameters()).device.type == "cpu"

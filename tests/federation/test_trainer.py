@@ -147,7 +147,7 @@ def test_every_upload_passes_before_upload_last(tiny_config):
 
     client = _federation(tiny_config, FedAvg())[0]
     client.module.hooks.append(Halving())
-    update = client.fit(Instruction(client.get_weights(), {"round": 1}))
+    update = client.fit(Instruction(client.get_weights(), server_round=1))
     kept = client.get_weights()  # the site keeps its own weights; only the upload changed
     assert update.metrics["halved"] == 1.0
     assert all(
@@ -174,7 +174,7 @@ def test_channels_last_and_compile_train_the_same_model(tiny_config):
     def one_round(**run):
         setup = InProcess().prepare(merge(tiny_config, {"run": run}))
         client = setup.clients[0]
-        update = client.fit(Instruction(setup.initial_weights, {"round": 1}))
+        update = client.fit(Instruction(setup.initial_weights, server_round=1))
         return client, update.weights
 
     start = InProcess().prepare(tiny_config).initial_weights

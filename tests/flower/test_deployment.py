@@ -173,3 +173,41 @@ def test_below_the_minimum_the_run_stops_and_a_restarted_server_resumes_exactly(
     assert [r["round"] for r in rounds_done(run)] == [1, 2, 3]
     in_process(run, tmp_path / "reference")
     assert_same_weights(run, tmp_path / "reference")
+
+
+def test_a_plugin_method_with_client_hooks_trains_on_flower_as_in_process(tmp_path):
+    """The example plugin's method (server momentum, a client-side update bound, its own
+    options) and backbone run on the sites and the server through --import, and give the
+    in-process weights."""
+    import sys
+    from pathlib import Path
+
+    plugin = Path(__file__).resolve().parents[2] / "examples" / "plugin" / "src"
+    run = tmp_path / "run"
+    two = [*TINY, "--set", "data.synthetic.sites=2", "--import", "fedbcs_example_plugin"]
+    options = ["--set", "fedavgm.clip=5", "--set", "fedavgm.momentum=0.5",
+               "--set", "model.backbone=tiny-unet", "--set", "model.options.depth=3"]  # fmt: skip
+    deployment = Deployment(tmp_path)
+    deployment.env["PYTHONPATH"] = str(plugin)
+    try:
+        deployment.serve("--method", "fedavgm", "--rounds", "2", *two, *options,
+                         "--sites", "2", "--output", str(run))  # fmt: skip
+        for site in SITES[:2]:
+            deployment.join(site, "--import", "fedbcs_example_plugin")
+        assert deployment.wait_server(900) == 0, deployment.log()
+    finally:
+        deployment.close()
+    assert (
+        "fedavgm:\n  server_lr: 1.0\n  momentum: 0.5\n  clip: 5.0"
+        in (run / "config.yaml").read_text()
+    )
+    sys.path.insert(0, str(plugin))
+    try:
+        import fedbcs_example_plugin  # noqa: F401  (registers tiny-unet and fedavgm)
+
+        in_process(run, tmp_path / "reference")
+    finally:
+        sys.path.remove(str(plugin))
+    assert_same_weights(run, tmp_path / "reference")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("update_norm" in row for row in rows if row.get("split") == "train")

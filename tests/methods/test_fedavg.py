@@ -28,6 +28,4 @@ def test_subset_of_keys_and_dtype_kept():
 def test_configure_sends_global_weights_to_everyone():
     weights = {"w": torch.zeros(1)}
     inst = FedAvg().configure_train(3, weights, ["a", "b"])
-    assert (
-        set(inst) == {"a", "b"} and inst["a"].weights is weights and inst["b"].config["round"] == 3
-    )
+    assert set(inst) == {"a", "b"} and inst["a"].weights is weights and inst["b"].server_round == 3

@@ -83,7 +83,7 @@ def trained_once(cfg):
     before = client.get_weights()
     from fedbcs_lightning.methods.base import Instruction
 
-    client.fit(Instruction(before, {"round": 1}))
+    client.fit(Instruction(before, server_round=1))
     after = client.get_weights()
     hook = next(h for h in client.module.hooks if isinstance(h, SamplePrivacy))
     delta = torch.cat(
@@ -199,8 +199,8 @@ def _fedbcs_backbone_and_data():
 def test_without_noise_an_upload_reveals_an_images_class_mean_feature_exactly():
     from torch.utils.data import Subset
 
-    from fedbcs_lightning.methods.fedbcs.context import resize_labels
     from fedbcs_lightning.methods.fedbcs.strategy import DESCRIPTORS
+    from fedbcs_lightning.methods.prototypes import resize_labels
 
     backbone, dataset = _fedbcs_backbone_and_data()
     one = Subset(dataset, [0])

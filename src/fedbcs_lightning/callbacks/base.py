@@ -57,9 +57,16 @@ class FederatedCallback:
     def on_exception(self, trainer: Any, error: BaseException) -> None:
         """The fit is ending with ``error`` (Ctrl-C included); release what you hold."""
 
+    @property
+    def state_key(self) -> str:
+        """The name :meth:`state_dict` is saved under in resumable checkpoints: the class
+        name by default; two instances of one class with state each need their own
+        (e.g. ``f"{type(self).__name__}[{self.folder}]"``)."""
+        return type(self).__name__
+
     def state_dict(self) -> dict[str, Any]:
         """What this callback needs to continue a resumed run (kept in checkpoints under
-        the class name; e.g. a logger's run id)."""
+        :attr:`state_key`; e.g. a logger's run id)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -19,12 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedbcs_lightning.config.schema import AUGMENTATIONS, INTENSITIES
+from fedbcs_lightning.data.readers import DataError, resize_pair
 
 SPLITS = ("train", "val", "test")
-
-
-class DataError(ValueError):
-    """A data file, folder or data set is unusable; the message names it and the fix."""
 
 
 @dataclass
@@ -126,8 +123,6 @@ class FederatedData:
         """Every image resized to ``size`` x ``size`` (masks with nearest neighbours), as a
         data set of fixed-size images (``data.resize_whole``: the reference's nuclei
         protocol, where whole images are otherwise trained on crops and scored whole)."""
-        from fedbcs_lightning.data.readers import resize_pair
-
         sites = []
         for site in self.sites:
             pairs = [resize_pair(i, m, size) for i, m in zip(site.images, site.masks, strict=True)]

@@ -20,9 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fedbcs_lightning.data.federated import DataError
-
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+class DataError(ValueError):
+    """A data file, folder or data set is unusable; the message names it and the fix."""
 
 
 #: Environment variable that sets the largest image (in pixels) the readers decode.

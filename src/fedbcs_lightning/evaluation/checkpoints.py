@@ -102,7 +102,9 @@ def read_info(path: str | Path, checkpoint: Mapping[str, Any]) -> ModelInfo:
 def per_site_models(weights: Mapping[str, torch.Tensor]) -> list[str]:
     """Sites of a checkpoint whose models differ per site (keys ``<site>/<key>``: whole
     models for ``local``, local layers for ``fedbn`` and ``harmofl``), else ``[]``."""
-    return sorted({key.split("/", 1)[0] for key in weights if "/" in key})
+    from fedbcs_lightning.methods.base import split_site_key
+
+    return sorted({parts[0] for key in weights if (parts := split_site_key(key))})
 
 
 def site_weights(
@@ -112,8 +114,10 @@ def site_weights(
     ``<site>/<key>`` tensors, or with the mean over the sites of each local tensor for
     ``site="mean"`` (:data:`NEW_SITE`, a site that no training used), or, for a checkpoint
     without per-site tensors, the global weights (``site`` is then only checked)."""
+    from fedbcs_lightning.methods.base import shared_tensors, site_tensors
+
     owners = per_site_models(weights)
-    shared = {k: v for k, v in weights.items() if "/" not in k}
+    shared = shared_tensors(weights)
     if site == NEW_SITE:
         if owners and not shared:
             raise ValueError(
@@ -137,8 +141,7 @@ def site_weights(
             f"{checkpoint_label(info.path)} holds one model per site (method "
             f"{info.config.train.method!r}); name one with --site: {', '.join(owners)}{new}"
         )
-    prefix = f"{site}/"
-    return {**shared, **{k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}}
+    return {**shared, **site_tensors(weights, site)}
 
 
 def mean_local_tensors(
@@ -146,11 +149,16 @@ def mean_local_tensors(
 ) -> dict[str, torch.Tensor]:
     """Each local tensor (``<site>/<key>``) averaged over ``sites`` with equal weights, by
     the servers' own rule (integer tensors, BatchNorm's batch counters, take the largest)."""
-    from fedbcs_lightning.methods.base import ClientUpdate, weighted_average
+    from fedbcs_lightning.methods.base import (
+        ClientUpdate,
+        site_key,
+        split_site_key,
+        weighted_average,
+    )
 
-    keys = sorted({k.split("/", 1)[1] for k in weights if "/" in k})
+    keys = sorted({parts[1] for k in weights if (parts := split_site_key(k))})
     per_site = [
-        ClientUpdate(site, {key: weights[f"{site}/{key}"] for key in keys}, 1) for site in sites
+        ClientUpdate(site, {key: weights[site_key(site, key)] for key in keys}, 1) for site in sites
     ]
     return weighted_average(per_site)
 

@@ -120,13 +120,10 @@ def _summary(err: BaseException) -> str:
 
 
 def _frequency_layers(model: torch.nn.Module) -> list[str]:
-    """Names of FSR layers that compute Fourier spectra (``fsr_mode`` fft or band)."""
-    from fedbcs_lightning.methods.fedbcs.fsr import FrequencyStyleRecalibration
-
+    """Names of layers that compute Fourier spectra (they say so with
+    ``computes_spectra``: FSR with ``fsr_mode`` fft or band)."""
     return [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, FrequencyStyleRecalibration) and module.mode != "closed"
+        name for name, module in model.named_modules() if getattr(module, "computes_spectra", False)
     ]
 
 

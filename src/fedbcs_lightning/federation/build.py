@@ -33,7 +33,7 @@ from fedbcs_lightning.data import (
 from fedbcs_lightning.federation.client import FederatedClient, SegmentationClientModule
 from fedbcs_lightning.federation.private import PrivateSegmentationModule
 from fedbcs_lightning.methods import Strategy
-from fedbcs_lightning.methods.baselines import POOLED_CLIENT
+from fedbcs_lightning.methods.base import POOLED_CLIENT
 from fedbcs_lightning.models import BACKBONES, backbone_from_config
 from fedbcs_lightning.rng import site_seed
 
@@ -87,7 +87,7 @@ def build_clients(
         module_class, hooks = SegmentationClientModule, strategy.client_hooks()
         if config.privacy.mode == "sample":
             module_class = PrivateSegmentationModule
-            hooks.append(sample_privacy(config, name, loaders, backbone))
+            hooks.append(sample_privacy(config, name, loaders, strategy))
         module = module_class(
             backbone,
             optimizer=config.train.optimizer,
@@ -124,10 +124,11 @@ def build_clients(
     return clients
 
 
-def sample_privacy(config: Config, site: str, loaders: dict, backbone):
+def sample_privacy(config: Config, site: str, loaders: dict, strategy: Strategy):
     """DP-SGD for one site: its training loader becomes Poisson-sampled (in ``loaders``)
-    and the returned hook clips, noises and accounts (``privacy.mode=sample``)."""
-    from fedbcs_lightning.methods.fedbcs.strategy import DESCRIPTORS
+    and the returned hook clips, noises and accounts (``privacy.mode=sample``); a method
+    that shares prototypes has them released with noise instead."""
+    from fedbcs_lightning.methods.base import PrototypeSharing
     from fedbcs_lightning.privacy.dpsgd import poisson_loader, private_generator
     from fedbcs_lightning.privacy.hooks import SamplePrivacy
 
@@ -141,7 +142,9 @@ def sample_privacy(config: Config, site: str, loaders: dict, backbone):
         steps_per_round=config.train.local_epochs * len(loaders["train"]),
         rounds=config.train.rounds,
         noise=private_generator(options.noise_seed, site, 2),
-        uploads_prototypes=hasattr(backbone, DESCRIPTORS),
+        describe=strategy.prototype_descriptors
+        if isinstance(strategy, PrototypeSharing) and strategy.shares_prototypes()
+        else None,
     )
 
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -24,11 +25,33 @@ from fedbcs_lightning.models.base import SegmentationBackbone
 from fedbcs_lightning.models.losses import segmentation_loss
 from fedbcs_lightning.rng import loader_rng_state, restore_loader_rng, seeded, site_seed
 
-for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
-warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-warnings.filterwarnings("ignore", message=r".*The number of training batches.*")
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+#: Lightning's messages that a federated round makes noise: one short epoch per site
+#: and round on purpose, data read in the training process by default.
+_LIGHTNING_NOISE = (
+    r".*does not have many workers.*",
+    r".*The number of training batches.*",
+    r".*isinstance\(treespec, LeafSpec\).*",
+)
+
+
+@contextlib.contextmanager
+def quiet_lightning():
+    """While a client trains: Lightning's info logs (devices, model summary) and the
+    warnings of :data:`_LIGHTNING_NOISE` are held back; the process's logging levels
+    and warning filters are as they were afterwards."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        for pattern in _LIGHTNING_NOISE:
+            warnings.filterwarnings("ignore", message=pattern)
+        for logger in loggers:
+            if logger.getEffectiveLevel() < logging.WARNING:
+                logger.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
 
 
 class NonFiniteLoss(ArithmeticError):
@@ -229,11 +252,10 @@ class FederatedClient:
         except NonFiniteLoss as err:
             self.module.backbone.load_state_dict(before)
             self.module.cpu()
-            server_round = instruction.config.get("round", "?")
             raise RejectedUpdate(
                 self.name,
-                f"training diverged in round {server_round}, {err}; lower train.lr (now "
-                f"{self.module.lr:g}) or the method's loss weights, or check this site's data",
+                f"training diverged in round {instruction.server_round}, {err}; lower train.lr "
+                f"(now {self.module.lr:g}) or the method's loss weights, or check this site's data",
             ) from None
         except ValueError as err:
             if "Expected more than 1 value per channel" not in str(err):
@@ -248,8 +270,7 @@ class FederatedClient:
         # What a round draws from the global generators (dropout, anchor sampling) depends
         # on the run's seed, this site and the round only: the same in-process, on its own
         # machine, or resumed.
-        server_round = int(instruction.config.get("round", 0))
-        with seeded(site_seed(self.seed, self.name, server_round)):
+        with seeded(site_seed(self.seed, self.name, instruction.server_round)):
             return self._fit_seeded(instruction)
 
     def _fit_seeded(self, instruction: Instruction) -> ClientUpdate:
@@ -257,17 +278,18 @@ class FederatedClient:
         for hook in self.module.hooks:
             hook.on_fit_start(self.module, instruction)
         self.module.loss_sums, self.module.steps, self.module._recorded_step = {}, 0, None
-        trainer = self._local_trainer()
-        try:
-            trainer.fit(self.module, train_dataloaders=self.loaders["train"])
-        except BaseException as err:
-            self._trainer = None  # a failed fit leaves no state behind for the next round
-            if not (isinstance(err, SystemExit) and trainer.interrupted):
-                raise
-            # Lightning answers Ctrl-C with exit(1) and ignores SIGINT from then on; give the
-            # caller the KeyboardInterrupt back (and Ctrl-C its usual meaning).
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            raise KeyboardInterrupt from None
+        with quiet_lightning():
+            trainer = self._local_trainer()
+            try:
+                trainer.fit(self.module, train_dataloaders=self.loaders["train"])
+            except BaseException as err:
+                self._trainer = None  # a failed fit leaves no state for the next round
+                if not (isinstance(err, SystemExit) and trainer.interrupted):
+                    raise
+                # Lightning answers Ctrl-C with exit(1) and ignores SIGINT from then on;
+                # give the caller the KeyboardInterrupt back (and Ctrl-C its usual meaning).
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                raise KeyboardInterrupt from None
         payload: dict[str, Any] = {}
         for hook in self.module.hooks:
             payload.update(hook.on_fit_end(self.module))

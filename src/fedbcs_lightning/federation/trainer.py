@@ -12,9 +12,9 @@ from typing import Any
 
 from fedbcs_lightning.callbacks.base import FederatedCallback
 from fedbcs_lightning.federation.client import FederatedClient
-from fedbcs_lightning.federation.engine import LocalClients
+from fedbcs_lightning.federation.engine import Clients, LocalClients
 from fedbcs_lightning.federation.updates import FederationStopped, RejectedUpdate, UpdateValidator
-from fedbcs_lightning.methods.base import Strategy, Weights
+from fedbcs_lightning.methods.base import Strategy, Weights, site_key
 
 
 @dataclass
@@ -55,7 +55,7 @@ class FederatedTrainer:
 
     def __init__(
         self,
-        clients: list[FederatedClient] | Any,
+        clients: list[FederatedClient] | Clients,
         strategy: Strategy,
         rounds: int,
         callbacks: list[FederatedCallback] | None = None,
@@ -64,10 +64,10 @@ class FederatedTrainer:
         min_clients: int = 1,
         eval_every: int = 1,
     ) -> None:
-        # A list of clients runs in this process; anything else is an engine
-        # (see fedbcs_lightning.federation.engine), e.g. sites reached through Flower.
-        self.engine = LocalClients(clients) if isinstance(clients, list) else clients
-        self.clients = self.engine.clients
+        # A list of clients runs in this process; otherwise the clients are reached
+        # through their own Clients (fedbcs_lightning.federation.engine), e.g. Flower's.
+        self.backend: Clients = LocalClients(clients) if isinstance(clients, list) else clients
+        self.clients = self.backend.clients
         if min_clients > len(self.clients):
             raise ValueError(
                 f"server.min_clients={min_clients} but the federation has "
@@ -76,10 +76,17 @@ class FederatedTrainer:
         self.strategy = strategy
         self.rounds = rounds
         callbacks = list(callbacks or [])
+        keys = [state_key(cb) for cb in callbacks if _stateful(cb)]
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise ValueError(
+                f"callbacks share the state key {', '.join(map(repr, repeated))}; their saved "
+                "states would overwrite each other: give each instance its own state_key"
+            )
         self.callbacks = sorted(callbacks, key=lambda c: bool(getattr(c, "runs_last", False)))
         if validator is None:
-            if not self.engine.local:
-                raise ValueError("an engine with remote clients needs a validator")
+            if not self.backend.local:
+                raise ValueError("remote clients need a validator")
             validator = UpdateValidator(next(iter(self.clients.values())).get_weights())
         self.validator = validator
         self.min_clients = min_clients
@@ -93,7 +100,7 @@ class FederatedTrainer:
     def local_clients(self) -> dict[str, FederatedClient]:
         """The clients whose data are in this process (none when sites are remote):
         what callbacks that draw predictions may use."""
-        return self.clients if self.engine.local else {}
+        return self.clients if self.backend.local else {}
 
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
@@ -102,7 +109,7 @@ class FederatedTrainer:
     def evaluate(self, weights: Weights, split: str, surface_metrics: bool = False):
         names = list(self.clients)
         instructions = self.strategy.configure_evaluate(self.server_round, weights, names)
-        per_site = self.engine.evaluate(
+        per_site = self.backend.evaluate(
             instructions,
             split,
             surface_metrics,
@@ -133,7 +140,7 @@ class FederatedTrainer:
             self.round_clients = list(instructions)
             self._call("on_round_start", server_round)
             updates, rejected = [], {}
-            outcomes = self.engine.fit(
+            outcomes = self.backend.fit(
                 instructions, partial(self._call, "on_client_fit_start", server_round)
             )
             for name, outcome in outcomes:
@@ -216,8 +223,8 @@ class FederatedTrainer:
         state, the strategy's and the callbacks' state, and the random generators."""
         from fedbcs_lightning.rng import global_rng_state
 
-        clients = self.engine.state_dict()
-        if self.engine.local:  # after validation, clients hold the global weights
+        clients = self.backend.state_dict()
+        if self.backend.local:  # after validation, clients hold the global weights
             clients = {
                 name: {**state, "weights": share_equal(state["weights"], self.weights, name)}
                 for name, state in clients.items()
@@ -234,7 +241,7 @@ class FederatedTrainer:
             "history": self.history,
             "clients": clients,
             "strategy": self.strategy.state_dict(),
-            "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks},
+            "callbacks": {state_key(cb): cb.state_dict() for cb in self.callbacks},
             "rng": global_rng_state(),
         }
 
@@ -242,7 +249,7 @@ class FederatedTrainer:
         """Restore :meth:`state_dict`; the next :meth:`fit` continues with the next round."""
         from fedbcs_lightning.rng import restore_global_rng
 
-        self.engine.load_state_dict(state["clients"])
+        self.backend.load_state_dict(state["clients"])
         self.server_round = state["round"]
         self.weights = state["weights"]
         best = state["best"]
@@ -252,10 +259,21 @@ class FederatedTrainer:
         self.history = list(state["history"])
         self.strategy.load_state_dict(state["strategy"])
         for callback in self.callbacks:
-            saved = state["callbacks"].get(type(callback).__name__)
+            saved = state["callbacks"].get(state_key(callback))
             if saved is not None:
                 callback.load_state_dict(saved)
         restore_global_rng(state["rng"])
+
+
+def state_key(callback: Any) -> str:
+    """Where a callback's state is saved (:attr:`FederatedCallback.state_key`)."""
+    return getattr(callback, "state_key", type(callback).__name__)
+
+
+def _stateful(callback: Any) -> bool:
+    """Whether a callback has state of its own to save (it overrides ``state_dict``)."""
+    method = getattr(type(callback), "state_dict", None)
+    return method is not None and method is not FederatedCallback.state_dict
 
 
 def share_equal(tensors: Weights, reference: Weights, client: str | None = None) -> Weights:
@@ -274,7 +292,7 @@ def share_equal(tensors: Weights, reference: Weights, client: str | None = None)
     for key, tensor in tensors.items():
         twin = reference.get(key)
         if twin is None and client is not None:
-            twin = reference.get(f"{client}/{key}")
+            twin = reference.get(site_key(client, key))
         same = (
             twin is not None
             and twin.dtype == tensor.dtype

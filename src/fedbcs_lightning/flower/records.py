@@ -90,8 +90,9 @@ def unpack(text: str, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def encode_instruction(instruction: Instruction, header: dict[str, Any]) -> RecordDict:
-    """``header`` says what to do (``kind``: describe, fit or evaluate) and carries the
-    run's config; ``instruction`` the weights and extras."""
+    """``header`` says what to do (``kind``: describe, fit or evaluate), the round
+    (``round``: the instruction's ``server_round``) and carries the run's config;
+    ``instruction`` the weights and extras."""
     extras, tensors = pack(instruction.config)
     return RecordDict(
         {
@@ -105,7 +106,10 @@ def encode_instruction(instruction: Instruction, header: dict[str, Any]) -> Reco
 def decode_instruction(content: RecordDict) -> tuple[dict[str, Any], Instruction]:
     header = dict(content[HEADER])
     extras = unpack(header.pop("extras"), record_weights(content["extras"]))
-    return header, Instruction(record_weights(content["weights"]), extras)
+    server_round = header.get("round", 0)
+    if isinstance(server_round, bool) or not isinstance(server_round, int):
+        raise ValueError(f"the message's round is {server_round!r}, not a whole number")
+    return header, Instruction(record_weights(content["weights"]), extras, server_round)
 
 
 def encode_update(update: ClientUpdate) -> RecordDict:

@@ -25,6 +25,7 @@ from typing import Any
 from flwr.app import RecordDict
 
 from fedbcs_lightning.config import Config, ConfigError
+from fedbcs_lightning.federation.engine import Setup
 from fedbcs_lightning.federation.updates import FederationStopped, RejectedUpdate
 from fedbcs_lightning.flower.records import (
     MalformedReply,
@@ -87,8 +88,8 @@ class RemoteSite:
 
 
 class RemoteClients:
-    """The loop's engine for sites reached through a :class:`Transport` (see
-    :mod:`fedbcs_lightning.federation.engine`). Site state stays on the sites; the server
+    """The loop's :class:`~fedbcs_lightning.federation.engine.Clients` for sites reached
+    through a :class:`Transport`. Site state stays on the sites; the server
     keeps only the run's key, which names that state on every site."""
 
     local = False
@@ -132,7 +133,7 @@ class RemoteClients:
     def _send(self, kind: str, instructions: dict[str, Instruction], **extra: Any):
         if not instructions:
             return {}
-        server_round = int(next(iter(instructions.values())).config.get("round", 0))
+        server_round = next(iter(instructions.values())).server_round
         self.server_round = server_round
         self.refresh()
         header = self.header(kind, server_round, **extra)
@@ -217,8 +218,9 @@ def _metrics(reply: RecordDict) -> dict[str, float]:
 
 
 class FlowerEngine:
-    """Prepares a federation of the sites connected to the SuperLink (see
-    :meth:`prepare`); pass it as ``engine`` to :func:`fedbcs_lightning.api.fit`.
+    """The :class:`~fedbcs_lightning.federation.engine.Engine` of the sites connected to
+    the SuperLink (see :meth:`prepare`); pass it as ``engine`` to
+    :func:`fedbcs_lightning.api.fit`.
 
     ``site_nodes`` binds each site's name to the node ID of its registered key (site
     authentication, ``fedbcs serve --site-key NAME=FILE``): a node may then only be the
@@ -237,8 +239,7 @@ class FlowerEngine:
         self.say = say
         self.roster = Roster(transport, site_nodes, say)
 
-    def prepare(self, config: Config):
-        from fedbcs_lightning.api import Setup
+    def prepare(self, config: Config) -> Setup:
         from fedbcs_lightning.config import merge
         from fedbcs_lightning.federation.build import build_backbone, check_setup
         from fedbcs_lightning.methods import create_strategy

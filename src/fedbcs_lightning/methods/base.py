@@ -11,11 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 Weights = dict[str, torch.Tensor]
+
+#: The name of the extra client that trains on every site's data, for a strategy with
+#: ``pools_training_data`` (method ``pooled``).
+POOLED_CLIENT = "pooled"
 
 
 def site_key(site: str, key: str) -> str:
@@ -38,12 +42,33 @@ def split_site_key(name: str) -> tuple[str, str] | None:
     return (site, key) if sep else None
 
 
+def site_tensors(weights: Mapping[str, Any], site: str) -> dict[str, Any]:
+    """``site``'s own tensors of ``weights`` (made by :func:`site_key`), under their keys.
+
+    >>> site_tensors({"a/w": 1, "b/w": 2, "w": 3}, "a")
+    {'w': 1}
+    """
+    prefix = site_key(site, "")
+    return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+
+
+def shared_tensors(weights: Mapping[str, Any]) -> dict[str, Any]:
+    """The tensors of ``weights`` that belong to no site.
+
+    >>> shared_tensors({"a/w": 1, "w": 3})
+    {'w': 3}
+    """
+    return {k: v for k, v in weights.items() if split_site_key(k) is None}
+
+
 @dataclass
 class Instruction:
-    """What the server sends one client: weights to load and method-specific extras."""
+    """What the server sends one client: the round, weights to load and method-specific
+    extras (``config``: e.g. FedBCS's global prototypes)."""
 
     weights: Weights
     config: dict[str, Any] = field(default_factory=dict)
+    server_round: int = 0  # the round this instruction belongs to (1-based; 0: none yet)
 
 
 @dataclass
@@ -55,6 +80,23 @@ class ClientUpdate:
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
     payload: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class PrototypeSharing(Protocol):
+    """A method whose sites upload class prototypes beside the weights (FedBCS with CDPA,
+    FPL). Layers that are not the method's (the private prototype release of
+    ``privacy.mode=sample``) ask it through this protocol, never its attributes."""
+
+    def shares_prototypes(self) -> bool:
+        """Whether sites upload prototypes in this configuration."""
+        ...
+
+    def prototype_descriptors(self, backbone: Any) -> Callable[[Any], dict[str, Any]]:
+        """The callable (a module of the configured ``backbone``) that maps a forward pass
+        (:class:`~fedbcs_lightning.models.base.BackboneOutput`) to per-level descriptors
+        (``{level: Descriptor}``) whose class means are the prototypes."""
+        ...
 
 
 class ClientHook:
@@ -224,7 +266,7 @@ class Strategy:
     def configure_train(
         self, server_round: int, weights: Weights, clients: list[str]
     ) -> dict[str, Instruction]:
-        return {c: Instruction(weights, {"round": server_round}) for c in clients}
+        return {c: Instruction(weights, server_round=server_round) for c in clients}
 
     def aggregate_train(
         self, server_round: int, updates: list[ClientUpdate]
@@ -234,7 +276,7 @@ class Strategy:
     def configure_evaluate(
         self, server_round: int, weights: Weights, clients: list[str]
     ) -> dict[str, Instruction]:
-        return {c: Instruction(weights, {"round": server_round}) for c in clients}
+        return {c: Instruction(weights, server_round=server_round) for c in clients}
 
     def aggregate_evaluate(
         self, server_round: int, results: Mapping[str, Mapping[str, float]]

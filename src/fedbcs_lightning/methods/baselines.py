@@ -12,10 +12,15 @@ import torch
 from torch import nn
 
 from fedbcs_lightning.methods.base import (
+    POOLED_CLIENT,
     ClientHook,
     ClientUpdate,
     Instruction,
     Weights,
+    shared_tensors,
+    site_key,
+    site_tensors,
+    split_site_key,
 )
 from fedbcs_lightning.methods.fedavg import FedAvg
 from fedbcs_lightning.methods.options import FedProxOptions
@@ -91,9 +96,8 @@ class PartlyLocal(FedAvg):
     def for_client(self, weights: Weights, client: str) -> Weights:
         """The shared weights plus ``client``'s own local tensors (none before round 1's
         aggregation: the client keeps its initial ones)."""
-        prefix = f"{client}/"
-        own = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-        shared = {k: v for k, v in weights.items() if "/" not in k and not self.is_local(k)}
+        own = site_tensors(weights, client)
+        shared = {k: v for k, v in shared_tensors(weights).items() if not self.is_local(k)}
         return {**shared, **own}
 
     def configure_train(self, server_round: int, weights: Weights, clients: list[str]):
@@ -102,7 +106,7 @@ class PartlyLocal(FedAvg):
 
     def configure_evaluate(self, server_round: int, weights: Weights, clients: list[str]):
         return {
-            c: Instruction(self.for_client(weights, c), {"round": server_round}) for c in clients
+            c: Instruction(self.for_client(weights, c), server_round=server_round) for c in clients
         }
 
     def aggregate_train(
@@ -111,10 +115,14 @@ class PartlyLocal(FedAvg):
         shared = [k for k in updates[0].weights if not self.is_local(k)]
         weights = self.average(updates, keys=shared)
         # Sites without an accepted update this round keep their local tensors.
-        weights.update({k: v for k, v in self.previous.items() if "/" in k})
+        weights.update({k: v for k, v in self.previous.items() if split_site_key(k)})
         for update in updates:
             weights.update(
-                {f"{update.client}/{k}": v for k, v in update.weights.items() if self.is_local(k)}
+                {
+                    site_key(update.client, k): v
+                    for k, v in update.weights.items()
+                    if self.is_local(k)
+                }
             )
         return weights, {}
 
@@ -157,27 +165,23 @@ class LocalOnly(FedAvg):
 
     @staticmethod
     def _own(weights: Weights, client: str) -> Weights:
-        prefix = f"{client}/"
-        own = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-        return own or weights  # round 1: the common initial weights
+        return site_tensors(weights, client) or weights  # round 1: the initial weights
 
     def configure_train(self, server_round: int, weights: Weights, clients: list[str]):
         self.previous = weights
         return self.configure_evaluate(server_round, weights, clients)
 
     def configure_evaluate(self, server_round: int, weights: Weights, clients: list[str]):
-        return {c: Instruction(self._own(weights, c), {"round": server_round}) for c in clients}
+        return {c: Instruction(self._own(weights, c), server_round=server_round) for c in clients}
 
     def aggregate_train(
         self, server_round: int, updates: list[ClientUpdate]
     ) -> tuple[Weights, dict[str, float]]:
         # A site without an accepted update this round keeps its model (none in round 1:
         # it starts again from the common initial weights).
-        kept = {k: v for k, v in self.previous.items() if "/" in k}
-        return {**kept, **{f"{u.client}/{k}": v for u in updates for k, v in u.weights.items()}}, {}
-
-
-POOLED_CLIENT = "pooled"
+        kept = {k: v for k, v in self.previous.items() if split_site_key(k)}
+        own = {site_key(u.client, k): v for u in updates for k, v in u.weights.items()}
+        return {**kept, **own}, {}
 
 
 class Pooled(FedAvg):
@@ -199,11 +203,13 @@ class Pooled(FedAvg):
     def configure_train(self, server_round: int, weights: Weights, clients: list[str]):
         if POOLED_CLIENT not in clients:
             raise ValueError(f"method pooled needs a client named {POOLED_CLIENT!r}")
-        return {POOLED_CLIENT: Instruction(weights, {"round": server_round})}
+        return {POOLED_CLIENT: Instruction(weights, server_round=server_round)}
 
     def configure_evaluate(self, server_round: int, weights: Weights, clients: list[str]):
         return {
-            c: Instruction(weights, {"round": server_round}) for c in clients if c != POOLED_CLIENT
+            c: Instruction(weights, server_round=server_round)
+            for c in clients
+            if c != POOLED_CLIENT
         }
 
     def aggregate_train(

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from fedbcs_lightning.methods.fedbcs.context import Descriptor, LinearPart
-from fedbcs_lightning.methods.fedbcs.strategy import DESCRIPTORS, FedBCS
+from fedbcs_lightning.methods.fedbcs.strategy import PrototypeExchange
 from fedbcs_lightning.methods.options import FedBCSOptions, FPLOptions
 
 LEVEL = "last"
@@ -40,7 +40,7 @@ class LastLayerDescriptors(nn.Module):
         return {LEVEL: Descriptor([([LinearPart(feature, identity)], zero)], size)}
 
 
-class FPL(FedBCS):
+class FPL(PrototypeExchange):
     """FedAvg + last-layer prototypes clustered with FINCH (``fpl.tau``, ``fpl.weight``)."""
 
     name = "fpl"
@@ -68,6 +68,7 @@ class FPL(FedBCS):
         return strategy
 
     def configure_backbone(self, backbone: Any) -> Any:
-        backbone.add_module(DESCRIPTORS, LastLayerDescriptors())
-        self.prototype_shape = ({LEVEL: backbone.decoder_channels[-1]}, backbone.num_classes)
+        self.attach_descriptors(
+            backbone, LastLayerDescriptors(), {LEVEL: backbone.decoder_channels[-1]}
+        )
         return backbone

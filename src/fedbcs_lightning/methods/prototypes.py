@@ -20,8 +20,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from fedbcs_lightning.methods.clustering import finch_cluster
+
+
+def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest resize of ``(B, H, W)`` label maps."""
+    if tuple(labels.shape[-2:]) == tuple(size):
+        return labels
+    return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
 
 
 @dataclass

@@ -11,6 +11,7 @@ bounds a site's whole update for the server's noise
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -39,7 +40,7 @@ class SamplePrivacy(ClientHook):
         steps_per_round: int,
         rounds: int,
         noise: torch.Generator,
-        uploads_prototypes: bool = False,
+        describe: Callable[[Any], Any] | None = None,
     ) -> None:
         self.options = options
         self.loader = loader
@@ -48,7 +49,10 @@ class SamplePrivacy(ClientHook):
         self.steps_per_round = steps_per_round
         self.rounds = rounds
         self.noise = noise
-        self.uploads_prototypes = uploads_prototypes
+        #: backbone -> its prototype descriptor module, for a method that uploads
+        #: prototypes (:class:`~fedbcs_lightning.methods.base.PrototypeSharing`), else None
+        self.describe = describe
+        self.uploads_prototypes = describe is not None
         self.ledger = PrivacyLedger(options.accountant, options.delta)
         self.server_round = 0
 
@@ -78,18 +82,16 @@ class SamplePrivacy(ClientHook):
         )
 
     def on_fit_start(self, module: Any, instruction: Instruction) -> None:
-        self.server_round = int(instruction.config.get("round", self.server_round + 1))
+        self.server_round = instruction.server_round
 
     def on_fit_end(self, module: Any) -> dict[str, Any]:
-        from fedbcs_lightning.methods.fedbcs.strategy import DESCRIPTORS
-
         training, *prototypes = self.round_releases(module.steps)
         self.ledger.record(*training)
         if not self.uploads_prototypes:
             return {}
         bank = release_prototypes(
             module.backbone,
-            getattr(module.backbone, DESCRIPTORS),
+            self.describe(module.backbone),
             self.loader.dataset,
             clip=self.options.prototype_clip,
             noise_multiplier=self.options.prototype_noise_multiplier,

@@ -18,8 +18,7 @@ import math
 
 import torch
 
-from fedbcs_lightning.methods.fedbcs.context import resize_labels
-from fedbcs_lightning.methods.prototypes import PrototypeBank
+from fedbcs_lightning.methods.prototypes import PrototypeBank, resize_labels
 
 
 def clip_rows(vectors: torch.Tensor, bound: float) -> torch.Tensor:

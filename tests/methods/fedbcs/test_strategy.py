@@ -142,8 +142,8 @@ def test_cli_fit_with_fedbcs(tmp_path):
 def test_uploaded_prototypes_come_from_the_weights_the_step_used(tiny_config):
     """One step on one batch: the prototypes equal those of the pre-step weights (the
     forward that made the features), not of the weights after the optimiser's step."""
-    from fedbcs_lightning.methods.fedbcs.context import resize_labels
     from fedbcs_lightning.methods.fedbcs.strategy import DESCRIPTORS
+    from fedbcs_lightning.methods.prototypes import resize_labels
     from tests.helpers import federation
 
     cfg = merge(
@@ -224,8 +224,7 @@ def test_warmup_scales_the_alignment_loss_by_round(tiny_config):
 
     def alignment(server_round):
         hook = PrototypeAlignment(cfg.fedbcs, cfg.train.local_epochs, collect=False)
-        config = {**bank.config, "round": server_round}
-        hook.on_fit_start(client.module, Instruction(bank.weights, config))
+        hook.on_fit_start(client.module, Instruction(bank.weights, bank.config, server_round))
         with torch.no_grad():
             losses = hook.extra_losses(client.module, (images, masks), net.forward_features(images))
         return sum(float(v) for v in losses.values())

@@ -75,13 +75,6 @@ class ContextFusion(nn.Module):
         return out
 
 
-def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest resize of ``(B, H, W)`` label maps."""
-    if tuple(labels.shape[-2:]) == tuple(size):
-        return labels
-    return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
-
-
 @dataclass
 class LinearPart:
     """``weight @ features`` (a 1x1 convolution without bias), not yet evaluated."""

@@ -22,13 +22,14 @@ from fedbcs_lightning.methods.base import (
 )
 from fedbcs_lightning.methods.fedavg import FedAvg
 from fedbcs_lightning.methods.fedbcs.alignment import alignment_loss
-from fedbcs_lightning.methods.fedbcs.context import DualLevelDescriptors, resize_labels
+from fedbcs_lightning.methods.fedbcs.context import DualLevelDescriptors
 from fedbcs_lightning.methods.fedbcs.fsr import build_fsr
 from fedbcs_lightning.methods.options import FedBCSOptions
 from fedbcs_lightning.methods.prototypes import (
     PrototypeAccumulator,
     PrototypeBank,
     aggregate_prototypes,
+    resize_labels,
 )
 
 DESCRIPTORS = "prototype_descriptors"
@@ -82,9 +83,8 @@ class PrototypeAlignment(ClientHook):
     def on_fit_start(self, module: Any, instruction: Instruction) -> None:
         bank = instruction.config.get("prototypes")
         self.global_bank = PrototypeBank.from_dict(bank) if bank else None
-        server_round = instruction.config.get("round", 2)
         self.weight = alignment_weight(
-            self.options.weight, self.options.warmup_rounds, server_round
+            self.options.weight, self.options.warmup_rounds, instruction.server_round
         )
         self.accumulator = PrototypeAccumulator(self.options.prototype_mean)
 
@@ -137,25 +137,19 @@ class PrototypeAlignment(ClientHook):
         return {"prototypes": self.accumulator.bank().to_dict()} if self.collect else {}
 
 
-class FedBCS(FedAvg):
-    """FedBCS strategy; ``options`` switch its parts on and off (ablations).
+class PrototypeExchange(FedAvg):
+    """FedAvg whose sites also upload class prototypes and align to the server's
+    clusters of them (FedBCS's CDPA, FPL): the prototype half shared by both.
 
-    Example
-    -------
-    >>> from fedbcs_lightning.methods.options import FedBCSOptions
-    >>> from fedbcs_lightning.models.unet import UNet
-    >>> strategy = FedBCS(FedBCSOptions(cdpa=True, prototype_dim=8))
-    >>> net = strategy.configure_backbone(UNet(3, 2, width=4))
-    >>> sorted(net.encoder_transforms)
-    ['1', '2', '3']
+    Subclasses attach their descriptor module (what turns a forward pass into per-level
+    pixel descriptors) in :meth:`configure_backbone` with :meth:`attach_descriptors`.
+    Generic layers see the :class:`~fedbcs_lightning.methods.base.PrototypeSharing`
+    protocol: :meth:`shares_prototypes` and :meth:`prototype_descriptors`.
     """
 
-    name = "fedbcs"
-    Options = FedBCSOptions
-
-    def __init__(self, options: FedBCSOptions | None = None, local_epochs: int = 1) -> None:
+    def __init__(self, options: FedBCSOptions, local_epochs: int = 1) -> None:
         super().__init__()
-        self.options = options or FedBCSOptions()
+        self.options = options
         self.local_epochs = local_epochs
         self.global_prototypes: PrototypeBank | None = None
         #: descriptor width per prototype level and the class count, known once a backbone
@@ -165,35 +159,21 @@ class FedBCS(FedAvg):
         #: ``privacy.mode=sample`` a private release replaces them (privacy/hooks.py)
         self.collect_prototypes = True
 
-    @classmethod
-    def from_config(cls, config) -> FedBCS:
-        strategy = cls(config.method_options(), config.train.local_epochs)
-        strategy.collect_prototypes = config.privacy.mode != "sample"
-        return strategy
+    def shares_prototypes(self) -> bool:
+        return bool(self.options.cdpa)
 
-    def configure_backbone(self, backbone: Any) -> Any:
-        opts = self.options
-        if opts.fsr:
-            for level in opts.fsr_levels:
-                if level > len(backbone.encoder_channels):
-                    raise ConfigError(
-                        f"fedbcs.fsr_levels: level {level} does not exist; the backbone has "
-                        f"{len(backbone.encoder_channels)} encoder levels"
-                    )
-                channels = backbone.encoder_channels[level - 1]
-                backbone.set_encoder_transform(
-                    level - 1, build_fsr(channels, opts.fsr_mode, opts.fsr_bands)
-                )
-        if opts.cdpa:
-            descriptors = DualLevelDescriptors(backbone, opts.prototype_dim, opts.prototype_levels)
-            backbone.add_module(DESCRIPTORS, descriptors)
-            self.prototype_shape = (descriptors.dims(), backbone.num_classes)
-        return backbone
+    def prototype_descriptors(self, backbone: Any) -> Any:
+        """The module of ``backbone`` that maps a forward pass to per-level descriptors."""
+        return getattr(backbone, DESCRIPTORS)
+
+    def attach_descriptors(self, backbone: Any, descriptors: Any, dims: dict[str, int]) -> None:
+        backbone.add_module(DESCRIPTORS, descriptors)
+        self.prototype_shape = (dims, backbone.num_classes)
 
     def check_payload(self, update: ClientUpdate) -> None:
         """An upload holds ``{"prototypes": {"<level>/<class>": (1, D) tensor}}``: known
         levels, classes of the model, the level's descriptor width, finite values."""
-        if not self.options.cdpa:
+        if not self.shares_prototypes():
             return super().check_payload(update)
         if set(update.payload) != {"prototypes"} or not isinstance(
             update.payload["prototypes"], dict
@@ -219,12 +199,12 @@ class FedBCS(FedAvg):
                 raise ValueError(f"prototype {key!r}: non-finite values")
 
     def client_hooks(self) -> list[ClientHook]:
-        if not self.options.cdpa:
+        if not self.shares_prototypes():
             return []
         return [PrototypeAlignment(self.options, self.local_epochs, self.collect_prototypes)]
 
     def privacy_refusal(self, mode: str) -> str | None:
-        if mode == "client" and self.options.cdpa:
+        if mode == "client" and self.shares_prototypes():
             return (
                 "uploads prototypes that the server clusters site by site, which noise on an "
                 "average cannot cover; use privacy.mode=sample (noised prototypes)"
@@ -245,11 +225,10 @@ class FedBCS(FedAvg):
     ) -> tuple[Weights, dict[str, float]]:
         weights = self.average(updates)
         metrics: dict[str, float] = {}
-        if self.options.cdpa:
+        if self.shares_prototypes():
             banks = [PrototypeBank.from_dict(u.payload["prototypes"]) for u in updates]
             self.global_prototypes, clusters = aggregate_prototypes(banks, self.options.clustering)
             metrics.update({f"clusters/{key}": n for key, n in clusters.items()})
-        metrics.update(fsr_mixing_weights(weights))
         return weights, metrics
 
     def state_dict(self) -> dict[str, Any]:
@@ -258,6 +237,57 @@ class FedBCS(FedAvg):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         bank = state.get("prototypes")
         self.global_prototypes = PrototypeBank.from_dict(bank) if bank else None
+
+
+class FedBCS(PrototypeExchange):
+    """FedBCS strategy; ``options`` switch its parts on and off (ablations).
+
+    Example
+    -------
+    >>> from fedbcs_lightning.methods.options import FedBCSOptions
+    >>> from fedbcs_lightning.models.unet import UNet
+    >>> strategy = FedBCS(FedBCSOptions(cdpa=True, prototype_dim=8))
+    >>> net = strategy.configure_backbone(UNet(3, 2, width=4))
+    >>> sorted(net.encoder_transforms)
+    ['1', '2', '3']
+    """
+
+    name = "fedbcs"
+    Options = FedBCSOptions
+
+    def __init__(self, options: FedBCSOptions | None = None, local_epochs: int = 1) -> None:
+        super().__init__(options or FedBCSOptions(), local_epochs)
+
+    @classmethod
+    def from_config(cls, config) -> FedBCS:
+        strategy = cls(config.method_options(), config.train.local_epochs)
+        strategy.collect_prototypes = config.privacy.mode != "sample"
+        return strategy
+
+    def configure_backbone(self, backbone: Any) -> Any:
+        opts = self.options
+        if opts.fsr:
+            for level in opts.fsr_levels:
+                if level > len(backbone.encoder_channels):
+                    raise ConfigError(
+                        f"fedbcs.fsr_levels: level {level} does not exist; the backbone has "
+                        f"{len(backbone.encoder_channels)} encoder levels"
+                    )
+                channels = backbone.encoder_channels[level - 1]
+                backbone.set_encoder_transform(
+                    level - 1, build_fsr(channels, opts.fsr_mode, opts.fsr_bands)
+                )
+        if opts.cdpa:
+            descriptors = DualLevelDescriptors(backbone, opts.prototype_dim, opts.prototype_levels)
+            self.attach_descriptors(backbone, descriptors, descriptors.dims())
+        return backbone
+
+    def aggregate_train(
+        self, server_round: int, updates: list[ClientUpdate]
+    ) -> tuple[Weights, dict[str, float]]:
+        weights, metrics = super().aggregate_train(server_round, updates)
+        metrics.update(fsr_mixing_weights(weights))
+        return weights, metrics
 
 
 def fsr_mixing_weights(weights: Weights, temperature: float = 0.1) -> dict[str, float]:

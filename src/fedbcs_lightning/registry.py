@@ -22,7 +22,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -52,6 +52,9 @@ class _Entry:
     #: the options dataclass (or "module:attribute", or None: no options); by default the
     #: object's ``Options`` attribute
     options: Any = _FROM_TARGET
+    #: config values this entry brings when it is chosen (a data set's image size, say),
+    #: below everything the user sets
+    defaults: dict[str, Any] = field(default_factory=dict)
 
     def resolve(self) -> Any:
         if isinstance(self.target, str):
@@ -98,29 +101,38 @@ class Registry:
         description: str = "",
         override: bool = False,
         options: type | None | Any = _FROM_TARGET,
+        defaults: dict[str, Any] | None = None,
     ) -> Callable[[Any], Any] | Any:
         """Register ``target`` under ``name``; without ``target``, act as a decorator.
 
         ``options`` is the dataclass of the entry's own config options (its fields are
         the keys, their types and defaults); by default the target's ``Options`` attribute.
+        ``defaults`` are config values the entry brings when a config chooses it (nested
+        sections, e.g. a data set's ``{"data": {"image_size": 128}}``), below every value
+        the user sets.
         """
 
         def add(obj: Any) -> Any:
             if name in self._entries and not override:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             doc = description or _first_line(getattr(obj, "__doc__", None))
-            self._entries[name] = _Entry(obj, doc, options)
+            self._entries[name] = _Entry(obj, doc, options, dict(defaults or {}))
             return obj
 
         return add if target is None else add(target)
 
     def register_lazy(
-        self, name: str, target: str, description: str, options: str | None = None
+        self,
+        name: str,
+        target: str,
+        description: str,
+        options: str | None = None,
+        defaults: dict[str, Any] | None = None,
     ) -> None:
         """Register ``"module:attribute"``, imported on first :meth:`get`; ``options``
         names its options dataclass the same way (``None``: it has none), so reading
         a config never imports the entry itself."""
-        self._entries[name] = _Entry(target, description, options)
+        self._entries[name] = _Entry(target, description, options, dict(defaults or {}))
 
     def get(self, name: str) -> Any:
         self.check(name)
@@ -141,6 +153,11 @@ class Registry:
         """The dataclass of entry ``name``'s options, or ``None`` when it has none."""
         self.check(name)
         return self._entries[name].resolve_options()
+
+    def defaults(self, name: str) -> dict[str, Any]:
+        """The config values entry ``name`` brings when chosen (``{}`` for none)."""
+        self.check(name)
+        return self._entries[name].defaults
 
     def describe(self, name: str) -> str:
         self.check(name)

@@ -104,3 +104,37 @@ def test_fedbcs_section_is_validated():
         resolve(overrides=["fedbcs.prototype_levels=[encoder, middle]"])
     cfg = resolve(overrides=["fedbcs.fsr_levels=[3,4]"])
     assert cfg.fedbcs.fsr_levels == [3, 4]
+
+
+def test_a_config_saved_before_method_options_registered_themselves_still_loads():
+    """Run folders of earlier versions hold every built-in method's section."""
+    from fedbcs_lightning.config import Config, from_dict
+
+    old = Config().to_dict()
+    old.update(
+        fedbcs={"fsr": True, "cdpa": True, "fsr_levels": [3, 4], "tau": 0.2},
+        fedprox={"mu": 0.05},
+        moon={"mu": 1.0, "tau": 0.5, "projection_dim": 64},
+        fpl={"tau": 0.02, "weight": 1.0, "max_anchors": 1024},
+        harmofl={"alpha": 0.05, "momentum": 0.1},
+    )
+    old["train"]["method"] = "fedbcs"
+    config = from_dict(old)
+    assert config.fedbcs.cdpa and config.fedbcs.fsr_levels == [3, 4]
+    assert config.fedprox.mu == 0.05 and config.method_options("harmofl").alpha == 0.05
+    assert from_dict(config.to_dict()) == config
+
+
+def test_a_data_set_brings_its_defaults_under_every_layer_the_user_sets(tmp_path):
+    from fedbcs_lightning.config import resolve
+
+    fundus = resolve(options={"data": {"name": "fundus"}})
+    assert (fundus.data.image_size, fundus.train.rounds) == (128, 20)
+    assert resolve(options={"data": {"name": "synthetic"}}).data.image_size == 64
+    mine = resolve(overrides=["data.name=fundus", "data.image_size=256"], options={})
+    assert (mine.data.image_size, mine.train.rounds) == (256, 20)
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("data:\n  name: fundus\ntrain:\n  rounds: 5\n")
+    assert resolve(preset, options={"train": {"rounds": 7}}).train.rounds == 7
+    assert resolve(preset).train.rounds == 5
+    assert resolve(preset).data.image_size == 128

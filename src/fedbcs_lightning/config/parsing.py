@@ -271,16 +271,30 @@ def resolve(
     overrides: list[str] | tuple[str, ...] = (),
     options: dict[str, Any] | None = None,
 ) -> Config:
-    """Defaults <- preset/YAML file <- ``key=value`` overrides <- explicit options; validated.
+    """Defaults <- the chosen data set's defaults <- preset/YAML file <- ``key=value``
+    overrides <- explicit options; validated.
 
     Each layer is typed and checked as it is applied, so a later layer cannot hide a bad
-    value in an earlier one (``--set train.rounds=abc --rounds 1`` is an error).
+    value in an earlier one (``--set train.rounds=abc --rounds 1`` is an error). The data
+    set's defaults (``fedbcs config --dataset fundus`` shows them) lie under every layer:
+    the data set is known once all layers are read, then they are applied again on top.
     """
-    config = merge(Config(), load_yaml(preset) if preset else {})
-    for text in overrides:
-        config = merge(config, parse_override(text))
-    config = merge(config, options or {})
+    layers = [load_yaml(preset) if preset else {}, *map(parse_override, overrides), options or {}]
+    config = Config()
+    for layer in layers:
+        config = merge(config, layer)
+    defaults = _dataset_defaults(config.data.name)
+    if defaults:
+        config = merge(Config(), defaults)
+        for layer in layers:
+            config = merge(config, layer)
     return finish(config)
+
+
+def _dataset_defaults(name: str) -> dict[str, Any]:
+    from fedbcs_lightning.catalog import DATASETS
+
+    return DATASETS.defaults(name) if name in DATASETS else {}
 
 
 def finish(config: Config) -> Config:

@@ -2,11 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedbcs_lightning.methods.fedbcs.context import (
-    ContextFusion,
-    DualLevelDescriptors,
-    resize_labels,
-)
+from fedbcs_lightning.methods.fedbcs.context import ContextFusion, DualLevelDescriptors
+from fedbcs_lightning.methods.prototypes import resize_labels
 from fedbcs_lightning.models.unet import UNet
 
 

@@ -63,11 +63,11 @@ class FrequencyStyleRecalibration(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     @property
-    @property
     def computes_spectra(self) -> bool:
         """Whether the forward pass takes Fourier transforms (ONNX exporters lack them)."""
         return self.mode != "closed"
 
+    @property
     def mixing_weights(self) -> torch.Tensor:
         """``(lam_normalised, lam_original)``: how much of the de-styled vs. own amplitude."""
         return torch.softmax(self.mix_logits / self.temperature, dim=0)

@@ -53,7 +53,10 @@ def serve(
     local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
-    image_size: Annotated[int | None, typer.Option(help="Image size (multiple of 16).")] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(help="Image size (a multiple of the backbone's input_divisor: 16 for unet)."),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     config: Annotated[
         str | None,

@@ -1,5 +1,5 @@
 """The package's shape: imports point one way, modules stay small, the tree reads as a
-table of contents and the README's layout section names every part of it."""
+table of contents and docs/architecture.md names every part of it."""
 
 import ast
 import re
@@ -113,19 +113,21 @@ def test_tests_mirror_the_source_tree():
         assert (ROOT / "tests" / package.name).is_dir(), f"no tests/{package.name}/"
 
 
-def test_readme_layout_names_every_part_of_the_package():
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"## Layout\n\n```text\n(.*?)```", readme, flags=re.S).group(1)
+def test_the_architecture_page_names_every_part_of_the_package():
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    block = re.search(r"## Layout\n\n```text\n(.*?)```", page, flags=re.S).group(1)
     entries = [p for p in PACKAGE.iterdir() if p.name not in ("__init__.py", "__pycache__")]
     for entry in entries:
         if entry.suffix == ".py":
-            assert re.search(rf"\b{entry.name}\b", block), f"README layout lacks {entry.name}"
+            assert re.search(rf"\b{entry.name}\b", block), (
+                f"docs/architecture.md lacks {entry.name}"
+            )
         elif (entry / "__init__.py").is_file():
-            assert f"{entry.name}/" in block, f"README layout lacks {entry.name}/"
+            assert f"{entry.name}/" in block, f"docs/architecture.md lacks {entry.name}/"
             for module in entry.glob("*.py"):
                 if module.name != "__init__.py":
                     assert re.search(rf"\b{module.stem}\b", block), (
-                        f"README layout lacks {entry.name}/{module.name}"
+                        f"docs/architecture.md lacks {entry.name}/{module.name}"
                     )
 
 

@@ -2,8 +2,8 @@
 
 Importing the package is cheap; torch and Lightning load when a submodule needs them.
 
-Example
--------
+Examples
+--------
 >>> import fedbcs_lightning as fb
 >>> "synthetic" in fb.DATASETS.names()
 True

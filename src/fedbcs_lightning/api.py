@@ -1,7 +1,7 @@
 """High-level entry points: build a federation from a config and train it.
 
-Example
--------
+Examples
+--------
 >>> from fedbcs_lightning.config import resolve
 >>> from fedbcs_lightning.api import fit
 >>> cfg = resolve(options={"train": {"rounds": 1, "clients": 2}, "data": {"image_size": 32}})

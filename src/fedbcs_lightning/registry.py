@@ -4,8 +4,8 @@ Built-in entries are registered lazily as ``"module:attribute"`` strings so that
 names (``fedbcs datasets``, ``fedbcs --help``) never imports torch. User code registers
 objects directly with the decorator form.
 
-Example
--------
+Examples
+--------
 >>> from fedbcs_lightning.registry import Registry
 >>> colours = Registry("colour")
 >>> @colours.register("red", description="a warm colour")

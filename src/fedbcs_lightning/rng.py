@@ -5,8 +5,8 @@ client's training loader owns (its shuffling sampler and its augmentation pipeli
 States are stored as plain Python values and tensors, so checkpoints load with
 ``torch.load(..., weights_only=True)``.
 
-Example
--------
+Examples
+--------
 >>> import random
 >>> state = global_rng_state()
 >>> a = random.random()

@@ -6,8 +6,8 @@ not empty unless told to ``overwrite`` it (then only the files a run writes are 
 and tells how to continue a run that is already there. Temporaries that a killed write
 left behind are removed when the next process takes the lock.
 
-Example
--------
+Examples
+--------
 >>> import tempfile
 >>> folder = Path(tempfile.mkdtemp()) / "run"
 >>> with lock_run_dir(folder):

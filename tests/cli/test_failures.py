@@ -1,7 +1,7 @@
-"""Every failure mode a user can meet, what they see, and the README table that lists them.
+"""Every failure mode a user can meet, what they see, and the table that lists them.
 
 Each case runs the failure for real (the CLI where a user would meet it) and checks the
-message; the README's "When something goes wrong" table must list exactly these cases,
+message; docs/troubleshooting.md's table must list exactly these cases,
 in this order, with these messages.
 """
 
@@ -23,7 +23,7 @@ from fedbcs_cli.main import app
 from fedbcs_lightning.federation.trainer import FederatedTrainer
 from tests.helpers import federation
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+TROUBLESHOOTING = Path(__file__).resolve().parents[2] / "docs" / "troubleshooting.md"
 TINY = ["--image-size", "32", "--clients", "2", "--rounds", "1", "--set", "model.width=4"]
 TINY += ["--set", "data.synthetic.images_per_site=8", "--set", "run.log_images=0"]
 
@@ -370,8 +370,8 @@ def test_each_failure_says_what_is_wrong(what, message, make, tmp_path, monkeypa
     assert message in " ".join(output.split()), output
 
 
-def test_the_readme_table_lists_exactly_these_cases():
-    text = README.read_text()
-    section = text[text.index("## When something goes wrong") :]
+def test_the_troubleshooting_table_lists_exactly_these_cases():
+    text = TROUBLESHOOTING.read_text()
+    section = text[text.index("# When something goes wrong") :]
     rows = re.findall(r"^\| (.+?) \| `(.+?)` \|$", section, flags=re.M)
     assert rows[: len(CASES)] == [(what, message) for what, message, _ in CASES]

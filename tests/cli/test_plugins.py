@@ -9,14 +9,15 @@ import sys
 import textwrap
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+EXTENDING = Path(__file__).resolve().parents[2] / "docs" / "extending.md"
 TINY = ["--image-size", "32", "--clients", "2", "--rounds", "1"]
 TINY += ["--set", "data.synthetic.images_per_site=8", "--set", "run.log_images=0"]
 
 
 def readme_block(marker: str) -> str:
-    """The README's Python example that contains ``marker``, as a user would save it."""
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    """The documentation's Python example that contains ``marker``, as a user would save
+    it."""
+    blocks = re.findall(r"```python\n(.*?)```", EXTENDING.read_text(), flags=re.S)
     (block,) = [b for b in blocks if marker in b]
     return block
 

@@ -8,8 +8,8 @@ from typing import Any
 class FederatedCallback:
     """Every hook is a no-op; override the ones you need.
 
-    Example
-    -------
+    Examples
+    --------
     >>> class PrintRounds(FederatedCallback):
     ...     def on_round_end(self, trainer, server_round, record):
     ...         if "val" in record:  # rounds that validated (run.eval_every)

@@ -13,8 +13,8 @@ W&B and TensorBoard also show the first ``num_images`` validation images of ever
 with the ground truth and the prediction, about ten times per run and at the last round.
 Build them by name with :func:`create_loggers` (config key ``run.loggers``).
 
-Example
--------
+Examples
+--------
 >>> loggers = create_loggers(["csv"], "/tmp/fedbcs-doc-run", config={})
 >>> [type(logger).__name__ for logger in loggers]
 ['CSVLogger']

@@ -5,8 +5,8 @@ in ``configs/*.yaml`` overlay them; ``--set section.key=value`` and the CLI opti
 the preset (:mod:`.parsing`). Unknown keys and bad values raise :class:`ConfigError` with
 the key named (:mod:`.validation`).
 
-Example
--------
+Examples
+--------
 >>> from fedbcs_lightning.config import Config, merge
 >>> cfg = merge(Config(), {"train": {"rounds": 3}, "data": {"image_size": 32}})
 >>> cfg.train.rounds, cfg.data.image_size

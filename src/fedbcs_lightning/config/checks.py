@@ -5,8 +5,8 @@ themselves in a ``validate()`` method; these helpers raise
 :class:`~fedbcs_lightning.config.schema.ConfigError` naming the key relative to the
 section, and the config puts the section in front (``fedbcs.tau: must be positive``).
 
-Example
--------
+Examples
+--------
 >>> from dataclasses import dataclass
 >>> @dataclass
 ... class Options:

@@ -1,7 +1,7 @@
 """Reading configurations: presets and YAML files, ``key=value`` overrides, typed merging.
 
-Example
--------
+Examples
+--------
 >>> from fedbcs_lightning.config.parsing import parse_override
 >>> parse_override("train.rounds=5")
 {'train': {'rounds': 5}}

@@ -1,7 +1,7 @@
 """The configuration's sections: one dataclass per section, with the defaults.
 
-Example
--------
+Examples
+--------
 >>> from fedbcs_lightning.config.schema import Config
 >>> Config().train.method
 'fedavg'

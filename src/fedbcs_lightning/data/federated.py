@@ -1,7 +1,7 @@
 """Federated data: sites of (image, mask) pairs, what is scored, augmentation, loaders.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from fedbcs_lightning.data.federated import FederatedData, Site
 >>> site = Site("a", np.zeros((10, 16, 16, 3), np.uint8), np.zeros((10, 16, 16), np.uint8))

@@ -1,7 +1,7 @@
 """Reading image, mask, npy and NIfTI files, with errors that name the file and the fix.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np, tempfile, pathlib
 >>> from PIL import Image
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "x.png"

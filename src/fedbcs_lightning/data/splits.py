@@ -1,8 +1,8 @@
 """Splits: each site's train/val/test indices, seeded, grouped by patient or slide, one
 split or k-fold cross-validation.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from fedbcs_lightning.data.federated import FederatedData, Site
 >>> site = Site("a", np.zeros((10, 16, 16, 3), np.uint8), np.zeros((10, 16, 16), np.uint8))

@@ -12,8 +12,8 @@ Two variants:
   (labels 0 background, 1 disc rim, 2 cup; Dice is reported for disc = rim + cup, and cup).
 - :func:`synthetic_prostate`: grey MR-like slices with one organ (labels 0/1).
 
-Example
--------
+Examples
+--------
 >>> from fedbcs_lightning.data.synthetic import render_sites
 >>> data = render_sites("fundus", num_sites=2, images_per_site=3, size=32, seed=0)
 >>> [s.images.shape for s in data.sites]

@@ -11,8 +11,8 @@ used: the shared weights with the mean over the sites of each local tensor (FedB
 BatchNorm statistics and affine weights, HarmoFL's amplitude spectrum). ``local`` keeps
 whole models per site, so it has no model for a new site.
 
-Example
--------
+Examples
+--------
 >>> from fedbcs_lightning.evaluation.checkpoints import load_model
 >>> model, info = load_model("runs/demo/checkpoints/selected.pt")  # doctest: +SKIP
 """

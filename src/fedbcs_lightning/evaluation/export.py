@@ -10,8 +10,8 @@ Before anything is written, the exported model is loaded back (ONNX Runtime, or
 exported with; its logits must match PyTorch's within a tolerance. The file is then
 written atomically: the bytes written are the bytes checked.
 
-Example
--------
+Examples
+--------
 >>> import tempfile, pathlib
 >>> from fedbcs_lightning.models.unet import UNet
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "unet.pt"

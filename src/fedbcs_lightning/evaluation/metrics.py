@@ -262,8 +262,8 @@ def evaluate(
     order the batches hold them) Dice is that of each case over all its images' pixels,
     averaged over cases; surface metrics stay per image.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import torch
     >>> class Oracle(torch.nn.Module):
     ...     def forward(self, x):  # predicts class 1 where the first channel is bright

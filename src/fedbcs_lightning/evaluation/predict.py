@@ -4,8 +4,8 @@ Images are prepared as in training: read as ``uint8`` ``(H, W, C)``, resized to 
 training size with the same interpolation (or, for data sets of whole images, kept at
 their size and segmented with sliding windows of the training size), scaled to [0, 1].
 
-Example
--------
+Examples
+--------
 >>> from fedbcs_lightning.evaluation.checkpoints import load_model
 >>> from fedbcs_lightning.evaluation.predict import predict_file
 >>> model, info = load_model("runs/demo/checkpoints/selected.pt")  # doctest: +SKIP

@@ -1,7 +1,7 @@
 """Score a checkpoint on a data set: per-site Dice, HD95 and ASSD on one split.
 
-Example
--------
+Examples
+--------
 >>> from fedbcs_lightning.evaluation.scoring import evaluate_checkpoint
 >>> print(evaluate_checkpoint("runs/demo/checkpoints/last.pt").table())  # doctest: +SKIP
 """

@@ -3,8 +3,8 @@
 Both engines build their clients here, so a site trains the same way in-process and on
 another machine.
 
-Example
--------
+Examples
+--------
 >>> from fedbcs_lightning.config import resolve
 >>> from fedbcs_lightning.data import load_dataset, make_splits
 >>> from fedbcs_lightning.methods import create_strategy

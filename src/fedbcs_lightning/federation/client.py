@@ -71,8 +71,8 @@ class SegmentationClientModule(L.LightningModule):
     memory layout, ``compile`` through ``torch.compile`` (both for GPUs; the numbers are
     those of the plain model up to float rounding).
 
-    Example
-    -------
+    Examples
+    --------
     >>> from fedbcs_lightning.models.unet import UNet
     >>> module = SegmentationClientModule(UNet(3, 2, width=4), optimizer="sgd", lr=0.01)
     >>> type(module.configure_optimizers()).__name__
@@ -200,8 +200,8 @@ def evaluation_device(accelerator: str) -> torch.device:
 class FederatedClient:
     """One site: its module, its loaders and the local state that outlives a round.
 
-    Example
-    -------
+    Examples
+    --------
     See :func:`fedbcs_lightning.api.fit`, which builds one per site.
     """
 

@@ -87,8 +87,8 @@ class Engine(Protocol):
 class LocalClients:
     """Every client in this process; each trains in turn.
 
-    Example
-    -------
+    Examples
+    --------
     See :func:`fedbcs_lightning.api.fit`, which builds one over a config's sites.
     """
 

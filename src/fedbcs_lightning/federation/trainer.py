@@ -48,8 +48,8 @@ class FederatedTrainer:
     writer) run after all others: a round in a saved state is a round every other callback
     has already recorded.
 
-    Example
-    -------
+    Examples
+    --------
     See :func:`fedbcs_lightning.api.fit`.
     """
 

@@ -12,8 +12,8 @@ payload (:meth:`Strategy.check_payload`, e.g. prototype dimensions and finitenes
 with ``max_update_norm > 0``, ``||update - sent|| <= max_update_norm * ||sent||`` over the
 floating-point tensors the server sent.
 
-Example
--------
+Examples
+--------
 >>> import torch
 >>> from fedbcs_lightning.methods import ClientUpdate, Strategy
 >>> validator = UpdateValidator({"w": torch.zeros(2)})

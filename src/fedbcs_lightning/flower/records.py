@@ -8,8 +8,8 @@ structure of the extras). A site's reply to ``fit`` holds its weights, its paylo
 why the site refused (``error`` in the header). Nothing else crosses the wire: no file
 names, no images.
 
-Example
--------
+Examples
+--------
 >>> import torch
 >>> from fedbcs_lightning.methods.base import ClientUpdate
 >>> update = ClientUpdate("a", {"w": torch.ones(2)}, 3, {"loss": 0.5},

@@ -13,8 +13,8 @@ What the site takes from the server: the method, model, training and evaluation 
 What it never takes: where its data are (``data-root``), which site it is (``site``),
 where its state goes, what code to import, which device to use.
 
-Example
--------
+Examples
+--------
 >>> site = Site({"site": "site1", "state-dir": "/tmp/fedbcs-doc-site"})
 >>> site.name
 'site1'

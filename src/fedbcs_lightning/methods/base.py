@@ -175,8 +175,8 @@ def robust_average(
     averages the rest; ``median`` averages the middle one or two. Integer buffers take the
     largest value, as in :func:`weighted_average`.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import torch
     >>> values = {"a": 1.0, "b": 2.0, "c": 90.0}
     >>> ups = [ClientUpdate(c, {"w": torch.tensor([v])}, 1) for c, v in values.items()]

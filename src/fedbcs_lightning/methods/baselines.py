@@ -49,8 +49,8 @@ class FedProx(FedAvg):
     """FedAvg with a proximal term that keeps local weights near the global ones
     (Li et al., MLSys 2020).
 
-    Example
-    -------
+    Examples
+    --------
     >>> [type(h).__name__ for h in FedProx(mu=0.01).client_hooks()]
     ['ProximalTerm']
     """

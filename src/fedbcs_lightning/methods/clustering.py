@@ -5,8 +5,8 @@ FedBCS uses it. FINCH links each point to its first neighbour, takes connected c
 as a partition and repeats on the cluster means, giving a hierarchy of partitions from fine
 to coarse; FedBCS takes the coarsest one that still has more than one cluster.
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> points = np.array([[1, 0], [0.99, 0.1], [0, 1], [0.1, 0.99]])
 >>> finch_partitions(points)[0].tolist()

@@ -16,8 +16,8 @@ from fedbcs_lightning.methods.base import (
 class FedAvg(Strategy):
     """Average every tensor of the clients' state dicts, weighted by training-set size.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import torch
     >>> from fedbcs_lightning.methods.base import ClientUpdate
     >>> a = ClientUpdate("a", {"w": torch.tensor([0.0])}, num_examples=1)

@@ -105,8 +105,8 @@ class Moon(FedAvg):
     """FedAvg + MOON's model-contrastive loss on the pooled bottleneck (``moon.mu``,
     ``moon.tau``). The projection head is part of the model and is averaged with it.
 
-    Example
-    -------
+    Examples
+    --------
     >>> from fedbcs_lightning.models.unet import UNet
     >>> net = Moon(projection_dim=8).configure_backbone(UNet(3, 2, width=4))
     >>> net.moon_projection(torch.zeros(2, net.bottleneck_channels, 4, 4)).shape

@@ -5,8 +5,8 @@ Each method declares its options when it registers (``options=`` or the strategy
 dataclass and calls its ``validate()``. Plugins use the same mechanism. This module
 imports no torch, so reading a config stays cheap.
 
-Example
--------
+Examples
+--------
 >>> from fedbcs_lightning.config import resolve
 >>> resolve(overrides=["train.method=fedprox", "fedprox.mu=0.1"]).fedprox
 FedProxOptions(mu=0.1)

@@ -4,8 +4,8 @@ A :class:`PrototypeBank` maps ``(level, class)`` to a stack of vectors: one per 
 prototype, or the server's cluster centroids. :class:`PrototypeAccumulator` builds a
 client's bank from per-batch class sums; :func:`aggregate_prototypes` is the server side.
 
-Example
--------
+Examples
+--------
 >>> import torch
 >>> a = PrototypeBank({("encoder", 1): torch.tensor([[1.0, 0.0]])})
 >>> b = PrototypeBank({("encoder", 1): torch.tensor([[0.0, 1.0]])})

@@ -6,8 +6,8 @@ a module after an encoder level whose output replaces that level's feature. A ba
 provides exactly that and nothing else; the contract tests of
 :mod:`fedbcs_lightning.testing` check every registered backbone (a plugin's too).
 
-Example
--------
+Examples
+--------
 >>> import torch
 >>> from fedbcs_lightning.models import create_backbone
 >>> net = create_backbone("unet", in_channels=3, num_classes=2, width=4)

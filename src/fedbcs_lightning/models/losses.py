@@ -24,8 +24,8 @@ def soft_dice_loss(
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``(CE + soft Dice) / 2``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import torch
     >>> target = torch.zeros(1, 4, 4, dtype=torch.long)
     >>> perfect = torch.zeros(1, 2, 4, 4); perfect[:, 0] = 20.0

@@ -17,8 +17,8 @@ class SmpUNet(SegmentationBackbone):
     Encoder levels are the skip features at strides 2, 4, 8, 16; decoder levels the outputs
     of the first four decoder blocks (strides 16, 8, 4, 2).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import torch
     >>> net = SmpUNet(in_channels=3, num_classes=2, encoder="resnet18")
     >>> net(torch.zeros(1, 3, 64, 64)).shape

@@ -40,8 +40,8 @@ class DoubleConv(nn.Sequential):
 class UNet(SegmentationBackbone):
     """Reference U-Net: widths w, 2w, 4w, 8w, bottleneck 16w (w = 32 in the paper).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import torch
     >>> net = UNet(in_channels=1, num_classes=3, width=4, norm="batch_stateless")
     >>> net(torch.zeros(2, 1, 32, 48)).shape

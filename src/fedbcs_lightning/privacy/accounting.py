@@ -6,8 +6,8 @@ often it ran. A :class:`PrivacyLedger` keeps these entries (plain numbers, so th
 checkpoints and site state) and turns them into ``(epsilon, delta)`` with Opacus's
 accountants (RDP or PRV); it never does its own accounting.
 
-Example
--------
+Examples
+--------
 >>> ledger = PrivacyLedger("rdp", delta=1e-5)
 >>> ledger.record(noise_multiplier=1.0, sample_rate=0.1, steps=100)
 >>> round(ledger.epsilon(), 2) == round(_opacus_epsilon("rdp", [(1.0, 0.1, 100)], 1e-5), 2)

@@ -3,8 +3,8 @@
 Figures are drawn on matplotlib's Agg canvas without pyplot (no global state, no display
 needed); matplotlib and torch are imported only by the functions that need them.
 
-Example
--------
+Examples
+--------
 >>> from fedbcs_lightning.reporting.plots import write_dice_curves
 >>> write_dice_curves("runs/demo")  # doctest: +SKIP
 PosixPath('runs/demo/plots/dice_curves.png')

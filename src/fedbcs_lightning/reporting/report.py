@@ -7,8 +7,8 @@ drawn if missing), and the server-side metrics of ``metrics.jsonl`` when the met
 reports any (FedBCS: prototype clusters per level and class, FSR mixing weights). No
 external CSS, script or image: the file can be mailed or archived as it is.
 
-Example
--------
+Examples
+--------
 >>> from fedbcs_lightning.reporting.report import write_report
 >>> write_report("runs/demo")  # doctest: +SKIP
 PosixPath('runs/demo/report.html')

@@ -13,8 +13,8 @@ clamps similarities at 20 and exponentials at 1e6 (with small ``tau`` almost eve
 saturates and the contrastive gradient vanishes) and adds 1e-9 to both sums (so the loss
 stays finite where every positive similarity underflows).
 
-Example
--------
+Examples
+--------
 >>> import torch
 >>> from fedbcs_lightning.methods.prototypes import PrototypeBank
 >>> bank = PrototypeBank({("enc", 0): torch.tensor([[1.0, 0.0]]),

@@ -10,8 +10,8 @@ it applies them to features gathered at the pixels that need them (anchors) and 
 per-class feature sums, which is exact because the convolutions are linear.
 :meth:`Descriptor.dense` builds the full map (for tests and comparisons).
 
-Example
--------
+Examples
+--------
 >>> import torch
 >>> fusion = ContextFusion([4, 8], context_channels=16, dim=5)
 >>> levels = [torch.randn(1, 4, 16, 16), torch.randn(1, 8, 8, 8)]

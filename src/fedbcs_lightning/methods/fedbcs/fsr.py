@@ -15,8 +15,8 @@ statistics; ``mode="fft"`` computes the spectrum.
 :class:`BandFrequencyStyleRecalibration` learns one mix per radial frequency band, which
 has no closed form.
 
-Example
--------
+Examples
+--------
 >>> import torch
 >>> x = torch.randn(2, 4, 9, 7)
 >>> fast, slow = FrequencyStyleRecalibration(4), FrequencyStyleRecalibration(4, mode="fft")

@@ -56,6 +56,8 @@ def alignment_weight(weight: float, warmup_rounds: int, server_round: int) -> fl
     """Lambda in ``server_round``: alignment starts in round 2 (the first with global
     prototypes) and, with a warm-up, rises linearly to ``weight`` over ``warmup_rounds``.
 
+    Examples
+    --------
     >>> [alignment_weight(1.0, 4, r) for r in (1, 2, 3, 5, 9)]
     [0.0, 0.25, 0.5, 1.0, 1.0]
     >>> alignment_weight(0.5, 0, 2)
@@ -242,8 +244,8 @@ class PrototypeExchange(FedAvg):
 class FedBCS(PrototypeExchange):
     """FedBCS strategy; ``options`` switch its parts on and off (ablations).
 
-    Example
-    -------
+    Examples
+    --------
     >>> from fedbcs_lightning.methods.options import FedBCSOptions
     >>> from fedbcs_lightning.models.unet import UNet
     >>> strategy = FedBCS(FedBCSOptions(cdpa=True, prototype_dim=8))

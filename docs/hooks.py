@@ -35,8 +35,41 @@ def on_files(files, config):
 
 
 def on_page_markdown(markdown, page, config, files):
-    return re.sub(
+    markdown = re.sub(
         r"<!-- options: ([\w-]+) -->", lambda m: options_table(m.group(1), m.group(1)), markdown
+    )
+    depth = page.file.src_uri.count("/")
+    return re.sub(
+        r"<!-- provenance: (.+?) -->", lambda m: provenance(m.group(1).split(), depth), markdown
+    )
+
+
+# -- where results come from ----------------------------------------------------------------
+def _last_commit(path: str) -> tuple[str, str]:
+    import subprocess
+
+    done = subprocess.run(
+        ["git", "log", "-1", "--format=%h %ad", "--date=short", "--", path],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    parts = done.stdout.split()
+    return (parts[0], parts[1]) if done.returncode == 0 and len(parts) == 2 else ("", "")
+
+
+def provenance(paths: list[str], depth: int) -> str:
+    """A table of results files: the date and commit that last wrote each (from git)."""
+    if paths == ["all"]:
+        found = sorted((ROOT / "benchmarks" / "results").rglob("*.md"))
+        paths = [p.relative_to(ROOT).as_posix() for p in found]
+    rows = []
+    for path in paths:
+        commit, date = _last_commit(path)
+        link = f"[`{path}`]({'../' * depth}{path})"
+        rows.append(f"| {link} | {date or 'not committed'} | `{commit}` |" if commit else
+                    f"| {link} | not committed | |")  # fmt: skip
+    return (
+        "| results file (tables, curves, plot) | written | commit |\n|---|---|---|\n"
+        + "\n".join(rows)
     )
 
 
@@ -89,12 +122,18 @@ def cli_index() -> str:
 
 # -- configuration ------------------------------------------------------------------------
 def _comments(cls) -> dict[str, str]:
-    """The ``# ...`` comment after each field in the class's source."""
-    found = {}
+    """The ``# ...`` comment after each field in the class's source, or the comment
+    lines just above it."""
+    found, above = {}, []
     for line in inspect.getsource(cls).splitlines():
-        match = re.match(r"\s+(\w+): [^=]+= .*?#\s*(.+)$", line)
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("# "))
+            continue
+        match = re.match(r"\s+(\w+): [^=]+= .*?(?:#\s*(.+))?$", line)
         if match:
-            found[match.group(1)] = match.group(2).strip()
+            found[match.group(1)] = (match.group(2) or " ".join(above)).strip()
+        above = []
     return found
 
 
@@ -118,6 +157,8 @@ def fields_table(cls, prefix: str) -> str:
     hints = typing.get_type_hints(cls)
     notes = _comments(cls)
     doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+    if doc.startswith(f"{cls.__name__}("):  # the signature a dataclass gets without a docstring
+        doc = ""
     rows = []
     for field in dataclasses.fields(cls):
         if field.name == "methods":
@@ -128,7 +169,7 @@ def fields_table(cls, prefix: str) -> str:
         note = notes.get(field.name, "").replace("|", "\\|")
         rows.append(f"| `{prefix}{field.name}` | `{_type(hint)}` | `{_default(field)}` | {note} |")
     head = "| key | type | default | meaning |\n|---|---|---|---|\n"
-    return (f"{doc}\n\n" if doc and not doc.startswith("Config") else "") + head + "\n".join(rows)
+    return (f"{doc}\n\n" if doc else "") + head + "\n".join(rows)
 
 
 def options_table(method: str, section: str) -> str:

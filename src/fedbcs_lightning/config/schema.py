@@ -22,9 +22,9 @@ class ConfigError(ValueError):
 class SyntheticConfig:
     """Options of the built-in synthetic multi-site data sets."""
 
-    sites: int = 4
-    images_per_site: int = 48
-    style_strength: float = 1.0
+    sites: int = 4  # number of generated sites
+    images_per_site: int = 48  # images generated per site
+    style_strength: float = 1.0  # how far apart the sites' acquisition styles lie (0: alike)
 
 
 #: How ``0..255`` pixel values become the network's input (``data.intensity``).
@@ -35,11 +35,11 @@ AUGMENTATIONS = ("affine", "rot90_flip")
 
 @dataclass
 class DataConfig:
-    name: str = "synthetic"
+    name: str = "synthetic"  # data set (`fedbcs datasets` lists them)
     root: str | None = None  # folder of a real data set (else $FEDBCS_DATA/<name>)
     cache: str | None = None  # HDF5 file written by `fedbcs prepare`
     image_size: int = 64  # resize to (fundus, prostate) or crop/window size (nuclei, sites)
-    augment: bool = True
+    augment: bool = True  # augment training images (data.augmentation)
     augmentation: str = "affine"  # affine | rot90_flip (the reference's prostate augmentation)
     intensity: str = "unit"  # network input: unit (x/255) | minmax (per image) | raw (0..255)
     resize_whole: bool = False  # whole-image data sets: resize each image to image_size
@@ -56,8 +56,8 @@ class DataConfig:
     eval_batch_size: int = 0  # images per evaluation batch; 0: 1 for whole images, else batch
     volume_clip: list[float] = field(default_factory=lambda: [0.5, 99.5])  # volumes: percentiles
     edge_slices: bool = True  # volumes: keep the first and last slice (the reference drops them)
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2
+    val_fraction: float = 0.2  # share of each site's images for validation (model selection)
+    test_fraction: float = 0.2  # share for the test (where a data set has no published split)
     folds: int = 0  # k >= 2: k-fold cross-validation over images/groups (0 = one seeded split)
     fold: int = 0  # with folds: which fold is the test split (0 .. folds-1)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -65,26 +65,26 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "unet"
+    backbone: str = "unet"  # segmentation network (`fedbcs backbones` lists them)
     width: int = 16  # base width of the reference U-Net (the paper uses 32)
     norm: str = "batch"  # batch | batch_stateless (the reference's) | instance | group
     encoder: str = "resnet18"  # smp encoder name, for backbone smp-unet
     encoder_weights: str | None = None  # never downloaded implicitly
     # the backbone's own options (the dataclass it declares), passed to its constructor
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # the backbone's own options
 
 
 @dataclass
 class TrainConfig:
-    method: str = "fedavg"
-    rounds: int = 30
-    local_epochs: int = 1
+    method: str = "fedavg"  # federated method (`fedbcs methods` lists them)
+    rounds: int = 30  # communication rounds
+    local_epochs: int = 1  # passes over a site's training images per round
     clients: int | None = None  # use the first N sites; None = all
-    batch_size: int = 8
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    momentum: float = 0.0
+    batch_size: int = 8  # training images per step
+    optimizer: str = "adam"  # adam | adamw | sgd (each site's, kept between rounds)
+    lr: float = 1e-3  # learning rate
+    weight_decay: float = 1e-4  # L2 weight decay of the optimiser
+    momentum: float = 0.0  # sgd's momentum
     shuffle: bool = True  # shuffle training batches (the reference does not)
 
 
@@ -114,15 +114,15 @@ class PrivacyConfig:
     update_clip: float = 1.0  # client: clip of each site's update ||w_site - w_global|| (L2)
     prototype_noise_multiplier: float = 8.0  # sample: noise std / bound of prototype sums, counts
     prototype_clip: float = 1.0  # sample: bound on one image's class-mean feature (L2)
-    delta: float = 1e-5
+    delta: float = 1e-5  # the delta of (epsilon, delta)-differential privacy
     accountant: str = "rdp"  # Opacus accountant: rdp | prv
     noise_seed: int | None = None  # None: a secret per site; a number makes noise reproducible
 
 
 @dataclass
 class RunConfig:
-    seed: int = 0
-    output: str | None = None
+    seed: int = 0  # seed of splits, initial weights, batch order and augmentations
+    output: str | None = None  # run directory (default runs/<data set>-<method>-<time>)
     accelerator: str = "auto"  # cpu, gpu (cuda), mps, or auto (a GPU when there is one)
     precision: str = "32"  # training precision: 32, bf16-mixed or 16-mixed (through Lightning)
     channels_last: bool = False  # train in NHWC memory layout (faster convolutions on GPUs)

@@ -39,8 +39,21 @@ def on_page_markdown(markdown, page, config, files):
         r"<!-- options: ([\w-]+) -->", lambda m: options_table(m.group(1), m.group(1)), markdown
     )
     depth = page.file.src_uri.count("/")
+    markdown = re.sub(r"<!-- include: (\S+) -->", lambda m: included(m.group(1), depth), markdown)
     return re.sub(
         r"<!-- provenance: (.+?) -->", lambda m: provenance(m.group(1).split(), depth), markdown
+    )
+
+
+def included(path: str, depth: int) -> str:
+    """A results file the benchmark scripts wrote (its tables come from their JSON),
+    pasted into the page at build time; its image links made relative to the page."""
+    text = (ROOT / path).read_text()
+    folder = Path(path).parent.as_posix()
+    return re.sub(
+        r"!\[([^\]]*)\]\(([^)/]+\.png)\)",
+        lambda m: f"![{m.group(1)}]({'../' * depth}{folder}/{m.group(2)})",
+        text,
     )
 
 

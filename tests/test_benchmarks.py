@@ -298,3 +298,11 @@ def test_update_norms_quick_reports_the_largest_honest_ratio():
     result = _quick("update_norms.py")
     assert {r["method"] for r in result["runs"]} == {"fedavg", "fedbcs"}
     assert 0 < result["largest"] < 10
+
+
+def test_prediction_figure_quick_draws_both_methods(tmp_path):
+    out = tmp_path / "figure.png"
+    result = _quick("prediction_figure.py", "--out", str(out))
+    assert set(result["test_dice"]) == {"fedavg", "fedbcs"}
+    assert all(0.0 <= d <= 1.0 for m in result["test_dice"].values() for d in m.values())
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -147,7 +147,11 @@ def test_a_site_not_in_the_data_is_refused_with_the_sites_there(tmp_path):
     transport = LoopbackTransport({"site1": {}, "hospital-x": {}}, tmp_path / "state")
     said = []
     with pytest.raises(FederationStopped, match="fewer than server.min_clients=2"):
-        fit(config(min_clients=2), tmp_path / "run", engine=FlowerEngine(transport, said.append))
+        fit(
+            config(min_clients=2, join_timeout=5),
+            tmp_path / "run",
+            engine=FlowerEngine(transport, said.append),
+        )
     assert any("no site 'hospital-x'" in line and "site1, site2" in line for line in said)
 
 

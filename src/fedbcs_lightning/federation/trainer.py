@@ -266,8 +266,11 @@ class FederatedTrainer:
 
 
 def state_key(callback: Any) -> str:
-    """Where a callback's state is saved (:attr:`FederatedCallback.state_key`)."""
-    return getattr(callback, "state_key", type(callback).__name__)
+    """Where a callback's state is saved (:attr:`FederatedCallback.state_key`; the class
+    name for a callback that names none)."""
+    key = getattr(type(callback), "state_key", None)
+    key = getattr(callback, "state_key", None) if key is not None else None
+    return key if isinstance(key, str) else type(callback).__name__
 
 
 def _stateful(callback: Any) -> bool:

@@ -106,7 +106,7 @@ def main() -> None:
         args.rounds, args.image_size, args.images = 2, 32, 2
     seed = (args.seeds or [0])[0]
     out = args.out or Path(tempfile.mkdtemp()) / "predictions.png"
-    results, tests = {}, {}
+    results, tests, mixing = {}, {}, {}
     for method in args.methods:
         options = {
             "data": {"name": args.dataset, "image_size": args.image_size},
@@ -124,6 +124,13 @@ def main() -> None:
             data = run.data or load_dataset(config)
             results[method] = predictions(Path(tmp), data, args.images)
             tests[method] = {s: m["dice"] for s, m in run.result.test_selected.items()}
+            # FSR's share of the instance-normalised amplitude per level, first and last round
+            history = run.result.history
+            mixing[method] = {
+                key: [history[0]["aggregate"][key], history[-1]["aggregate"][key]]
+                for key in history[-1].get("aggregate", {})
+                if key.startswith("fsr/")
+            }
         regions = data.regions
     title = (
         f"{args.dataset}, {args.image_size}x{args.image_size}, {args.rounds} rounds, seed "
@@ -133,7 +140,16 @@ def main() -> None:
     sites = list(tests[args.methods[0]])
     rows = [[m, *(f"{tests[m][s]:.4f}" for s in sites)] for m in args.methods]
     table = markdown_table(["method (test Dice, selected)", *sites], rows)
-    emit(args, {"seed": seed, "test_dice": tests, "figure": str(out)}, [table])
+    shares = [
+        [m, key, f"{first:.3f}", f"{last:.3f}"]
+        for m, keys in mixing.items()
+        for key, (first, last) in keys.items()
+    ]
+    tables = [table]
+    if shares:
+        tables.append(markdown_table(["method", "FSR layer", "round 1", "last round"], shares))
+    result = {"seed": seed, "test_dice": tests, "fsr_mixing": mixing, "figure": str(out)}
+    emit(args, result, tables)
     print(f"wrote {out}", file=sys.stderr)
 
 

@@ -366,3 +366,39 @@ def test_a_run_key_that_is_a_path_is_refused_by_the_site(tmp_path):
         reply = site.handle(encode_instruction(Instruction({}, {}), {**header, "run-key": key}))
         assert "not 32 hex digits" in decode_reply(reply)["error"]
     assert not (tmp_path / "outside").exists() and not any((tmp_path / "state").glob("**/*.pt"))
+
+
+class SlowGrid:
+    """Replies to each pushed message at its own pull (None: never)."""
+
+    def __init__(self, answer_at: list[int | None]) -> None:
+        self.answer_at, self.pulls = answer_at, 0
+
+    def push_messages(self, messages):
+        return [str(i) for i in range(len(messages))]
+
+    def pull_messages(self, ids):
+        from types import SimpleNamespace
+
+        self.pulls += 1
+        return [
+            SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i))
+            for i in sorted(ids)
+            if self.answer_at[int(i)] is not None and self.answer_at[int(i)] <= self.pulls
+        ]
+
+
+def test_replies_are_collected_as_they_come_not_every_three_seconds():
+    import time
+
+    from fedbcs_lightning.flower.server import exchange
+
+    grid = SlowGrid([1, 3, 4])
+    started = time.monotonic()
+    replies = exchange(grid, [object()] * 3, timeout=30)
+    assert len(replies) == 3 and grid.pulls == 4
+    assert time.monotonic() - started < 1.0  # pauses of 50, 100 and 200 ms
+    silent = SlowGrid([1, None])
+    started = time.monotonic()
+    assert len(exchange(silent, [object()] * 2, timeout=1.5)) == 1
+    assert 1.5 <= time.monotonic() - started < 2.5  # gives up at the time-out

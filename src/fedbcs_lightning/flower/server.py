@@ -63,7 +63,7 @@ class GridTransport:
             for node, content in contents.items()
         ]
         start = time.monotonic()
-        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        replies = exchange(self.grid, messages, timeout)
         waited = time.monotonic() - start
         silent = (
             f"no reply within {timeout:g} s"
@@ -78,6 +78,28 @@ class GridTransport:
             else:
                 out[node] = reply.content
         return out
+
+
+def exchange(grid: Any, messages: list, timeout: float, longest_pause: float = 1.0) -> list:
+    """Push ``messages`` and pull their replies until all came back or ``timeout`` passed.
+
+    Flower's ``Grid.send_and_receive`` sleeps 3 s between pulls, so a round's replies wait
+    up to 3 s after the last site answered; here the pause starts at 50 ms and doubles up
+    to ``longest_pause`` (a pull is one small request to the SuperLink).
+    """
+    pending = set(grid.push_messages(messages))
+    deadline = time.monotonic() + timeout
+    replies, pause = [], 0.05
+    while pending:
+        got = list(grid.pull_messages(pending))
+        replies += got
+        pending -= {reply.metadata.reply_to_message_id for reply in got}
+        left = deadline - time.monotonic()
+        if not pending or left <= 0:
+            break
+        time.sleep(min(pause, left))
+        pause = min(2 * pause, longest_pause)
+    return replies
 
 
 class RemoteSite:

@@ -304,29 +304,21 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def joined(files: list[Path], p) -> tuple[list[int], dict[str, list[dict]]]:
     """The seeds every method of ``files`` finished and those runs, methods in file order.
-    A file holds either other methods, run with the same seeds (in the same order), or
-    the same methods run with other seeds (appended after the seeds before it)."""
-    seeds, results = None, {}
+    Each file adds methods, seeds, or both (runs are matched by seed, so a method's seeds
+    may come from several files); a method's run of one seed given twice is an error."""
+    runs: dict[str, dict[int, dict]] = {}
+    order: list[int] = []
     for path in files:
         saved = json.loads(path.read_text())
-        if seeds is not None and set(saved["results"]) == set(results):  # more seeds
-            if set(saved["seeds"]) & set(seeds):
-                p.error(f"--from-json {path}: seeds {saved['seeds']} were run before ({seeds})")
-            done = min(len(runs) for runs in results.values())
-            seeds = seeds[:done] + saved["seeds"]
-            for method, runs in saved["results"].items():
-                results[method] = results[method][:done] + runs
-            continue
-        if seeds is not None and saved["seeds"][: len(seeds)] != seeds[: len(saved["seeds"])]:
-            p.error(f"--from-json {path}: seeds {saved['seeds']}, the first file's {seeds}")
-        if seeds is None or len(saved["seeds"]) > len(seeds):
-            seeds = saved["seeds"]
-        for method, runs in saved["results"].items():
-            if method in results:
-                p.error(f"--from-json {path}: method {method!r} is in an earlier file too")
-            results[method] = runs
-    done = min(len(runs) for runs in results.values())  # seeds every method finished
-    return seeds[:done], {method: runs[:done] for method, runs in results.items()}
+        for method, method_runs in saved["results"].items():
+            mine = runs.setdefault(method, {})
+            for seed, run in zip(saved["seeds"], method_runs, strict=False):  # a stopped run
+                if seed in mine:
+                    p.error(f"--from-json {path}: method {method!r}, seed {seed} was run before")
+                mine[seed] = run
+        order += [seed for seed in saved["seeds"] if seed not in order]
+    seeds = [seed for seed in order if all(seed in mine for mine in runs.values())]
+    return seeds, {method: [mine[seed] for seed in seeds] for method, mine in runs.items()}
 
 
 def output_folder(out: Path | None, quick: bool) -> Path:

@@ -138,9 +138,10 @@ def test_from_json_joins_runs_of_other_methods_into_the_first_file(tmp_path):
     assert "seeds [0, 1]" in printed and "| fedbcs | selected |" in printed
     assert "fedavg (50.0: 60.0 40.0) > fedbcs (40.0: 70.0 10.0)" in printed  # best per seed
     assert set(json.loads(first.read_text())["results"]) == {"fedavg", "fedbcs"}
-    second.write_text(json.dumps({"seeds": [1, 0], "results": more}))
-    with pytest.raises(AssertionError, match="seeds"):
-        _script("compare.py", "--from-json", str(first), str(second))
+    first.write_text(json.dumps({"seeds": [0, 1], "results": runs}))
+    second.write_text(json.dumps({"seeds": [1, 0], "results": {"fedbcs": more["fedbcs"][::-1]}}))
+    again = _script("compare.py", "--from-json", str(first), str(second))  # matched by seed
+    assert "fedavg (50.0: 60.0 40.0) > fedbcs (40.0: 70.0 10.0)" in again
 
 
 def test_from_json_appends_runs_of_the_same_methods_with_other_seeds(tmp_path):
@@ -155,8 +156,22 @@ def test_from_json_appends_runs_of_the_same_methods_with_other_seeds(tmp_path):
     assert "seeds [0, 5]" in printed
     assert "fedavg (50.0: 60.0 40.0) > fedbcs (40.0: 70.0 10.0)" in printed
     assert json.loads(first.read_text())["seeds"] == [0, 5]
-    with pytest.raises(AssertionError, match=r"seeds \[5\] were run before"):
+    with pytest.raises(AssertionError, match=r"method 'fedavg', seed 5 was run before"):
         _script("compare.py", "--from-json", str(first), str(second))
+
+
+def test_from_json_joins_methods_whose_seeds_come_from_several_files(tmp_path):
+    import json
+
+    first, second = tmp_path / "compare-synthetic.json", tmp_path / "more.json"
+    runs = {"fedavg": [_run(0.5, 0.7, 0.6), _run(0.3, 0.5, 0.4)], "fedbcs": [_run(0.8, 0.6, 0.7)]}
+    first.write_text(json.dumps({"seeds": [0, 1], "results": runs}))
+    more = {"fedbcs": [_run(0.1, 0.1, 0.1)], "moon": [_run(0.2, 0.2, 0.2)]}
+    second.write_text(json.dumps({"seeds": [1], "results": more}))
+    printed = _script("compare.py", "--from-json", str(first), str(second))
+    assert "seeds [1]" in printed and "| moon | selected |" in printed  # moon only has seed 1
+    saved = json.loads(first.read_text())
+    assert saved["seeds"] == [1] and set(saved["results"]) == {"fedavg", "fedbcs", "moon"}
 
 
 def test_method_variants_set_options_of_the_methods_section(compare):

@@ -13,10 +13,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 import re
 import typing
+import warnings
 from pathlib import Path
 
 from mkdocs.structure.files import File
@@ -95,10 +97,13 @@ def generated_pages() -> dict[str, str]:
     return pages
 
 
+@functools.cache
 def _commands():
-    import typer.main
+    with warnings.catch_warnings():  # typer's own use of click's deprecated names
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import typer.main
 
-    from fedbcs_cli.main import app
+        from fedbcs_cli.main import app
 
     group = typer.main.get_command(app)
     return group, {name: group.get_command(None, name) for name in group.list_commands(None)}

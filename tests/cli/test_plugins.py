@@ -168,12 +168,16 @@ def test_an_installed_package_registers_through_an_entry_point(tmp_path):
 
             [fedbcs_lightning.methods]
             ep-trimmed = ep_plugin:TrimmedMean
+            ep-missing = ep_plugin_gone:Nothing
             """
         )
     )
     listed = cli("backbones", path=tmp_path)
     assert "ep-unet" in listed.stdout, listed.stderr
-    assert "ep-trimmed" in cli("methods", path=tmp_path).stdout
+    methods = cli("methods", path=tmp_path)
+    assert "ep-trimmed" in methods.stdout and "options: ep-trimmed.trim" in methods.stdout
+    assert methods.returncode == 0 and "Traceback" not in methods.stderr
+    assert "(cannot load: ModuleNotFoundError" in methods.stdout  # listed, with the reason
     run = tmp_path / "run"
     trained = cli(
         "fit", "--set", "model.backbone=ep-unet", "--method", "ep-trimmed",

@@ -76,18 +76,12 @@ def _merge_method_section(
     from fedbcs_lightning.catalog import METHODS
     from fedbcs_lightning.config.validation import imports_hint
 
-    if key not in METHODS:
-        methods = [m for m in METHODS.names() if _has_options(m)]
-        close = difflib.get_close_matches(str(key), [*hints, *methods], n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+    if key not in METHODS:  # the valid keys: the sections, then the methods' options
+        error = _unknown_key(key, "", [*hints, *(m for m in METHODS.names() if _has_options(m))])
         run = updates.get("run")
         recorded = run.get("imports") if isinstance(run, dict) else None
         modules = recorded if isinstance(recorded, list) else config.run.imports
-        raise ConfigError(
-            f"unknown config key {key!r}; valid keys here: {', '.join(hints)}, and the "
-            f"options section of a method: {', '.join(methods)}.{hint}"
-            + imports_hint(modules, "method", str(key))
-        )
+        raise ConfigError(f"{error}{imports_hint(modules, 'method', str(key))}")
     options = METHODS.options(key)
     if options is None:
         raise ConfigError(f"{key}: method {key!r} declares no options; drop this section")

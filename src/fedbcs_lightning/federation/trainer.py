@@ -268,8 +268,9 @@ class FederatedTrainer:
 def state_key(callback: Any) -> str:
     """Where a callback's state is saved (:attr:`FederatedCallback.state_key`; the class
     name for a callback that names none)."""
-    key = getattr(type(callback), "state_key", None)
-    key = getattr(callback, "state_key", None) if key is not None else None
+    if getattr(type(callback), "state_key", None) is None:  # a duck-typed callback
+        return type(callback).__name__
+    key = callback.state_key
     return key if isinstance(key, str) else type(callback).__name__
 
 

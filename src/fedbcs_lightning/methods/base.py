@@ -229,7 +229,7 @@ class Strategy:
         the method declares :attr:`Options`, else ``cls()``. Override to read more."""
         if cls.Options is None:
             return cls()
-        return cls(config.method_options(config.train.method))
+        return cls(config.method_options())
 
     def configure_aggregation(self, rule: str, trim_fraction: float = 0.1) -> None:
         """Choose the rule :meth:`FedAvg.average` applies (config ``server.aggregation``)."""

@@ -31,10 +31,6 @@ class FedAvg(Strategy):
     def __init__(self, weight_of: Callable[[ClientUpdate], float] | None = None) -> None:
         self.weight_of = weight_of or (lambda u: float(u.num_examples))
 
-    @classmethod
-    def from_config(cls, config) -> FedAvg:
-        return cls()
-
     def average(self, updates: list[ClientUpdate], keys: list[str] | None = None) -> Weights:
         """The updates' tensors (under ``keys``; all by default) combined by the configured
         rule: the example-weighted mean, or a robust coordinate-wise median / trimmed mean."""
